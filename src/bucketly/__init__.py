@@ -1,0 +1,50 @@
+"""bucketly: send events to buckets; aggregate them in memory with your own Python handlers.
+
+The public surface: ``Client`` and ``AsyncClient`` to talk to a bucketlyd server, ``Handler``,
+``view``, ``every`` and ``Job`` to write handlers, and the errors in ``bucketly.errors``.
+"""
+
+__version__ = "0.1.0"
+
+from .client import AsyncClient, Client
+from .errors import (
+    AuthFailed,
+    AuthRequired,
+    BadArgument,
+    BucketExists,
+    BucketlyConnectionError,
+    BucketlyError,
+    ConnectionLost,
+    HandlerError,
+    PermissionDenied,
+    RequestError,
+    StorageError,
+    UnknownBucket,
+    UnknownHandler,
+    UnknownView,
+)
+from .handlers import Handler, Job, every, view
+
+__all__ = [
+    "AsyncClient",
+    "AuthFailed",
+    "AuthRequired",
+    "BadArgument",
+    "BucketExists",
+    "BucketlyConnectionError",
+    "BucketlyError",
+    "Client",
+    "ConnectionLost",
+    "Handler",
+    "HandlerError",
+    "Job",
+    "PermissionDenied",
+    "RequestError",
+    "StorageError",
+    "UnknownBucket",
+    "UnknownHandler",
+    "UnknownView",
+    "__version__",
+    "every",
+    "view",
+]

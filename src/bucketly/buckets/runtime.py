@@ -1,0 +1,309 @@
+"""The bucket runtime: one handler instance per bucket, called from one place at a time.
+
+Theory of operation: every call into a handler (events, views, dumps, the serialized part of a
+scheduled job, a job's completion callback) is a plain synchronous call made on the server's one
+event-loop thread. Two calls therefore never overlap, whichever connections they came from:
+that is the whole serialization mechanism, and it costs no lock, queue hop or task switch. Only
+the slow part of a scheduled job (``Job.work``) runs elsewhere, in a worker thread or as a
+coroutine, and it is handed data taken from the state, never the live state itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import traceback
+from concurrent.futures import Executor
+from typing import Any
+
+from ..errors import BadArgument, HandlerError, UnknownHandler, UnknownView
+from ..handlers import HandlerInfo, Job, JobSpec
+from ..store import BucketRow
+
+__all__ = ["Bucket", "JobRunner"]
+
+log = logging.getLogger("bucketly.buckets")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (file, line)`` for the innermost frame of the user's code."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" ({last.filename}, line {last.lineno})"
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+class Bucket:
+    """A live bucket: its definition, its handler instance and its counters."""
+
+    def __init__(self, row: BucketRow, info: HandlerInfo | None) -> None:
+        self.row = row
+        self.name = row.name
+        self.info = info
+        self.events = 0
+        self.handler: Any = None
+        #: Why the bucket cannot take requests (its handler is gone or failed to start).
+        self.broken: str | None = None
+        self.jobs: dict[str, JobRunner] = {}
+        if info is None:
+            self.broken = (
+                f"bucket {row.name!r} uses handler {row.handler!r}, which the handlers module "
+                "no longer defines"
+            )
+            return
+        try:
+            self.handler = info.cls(dict(row.config))
+        except Exception as exc:
+            self.broken = f"handler {row.handler}.__init__ failed: {_describe(exc)}"
+            return
+        # Bound once: the send path calls it for every batch.
+        self._on_events = self.handler.on_events if info.batches else None
+        self._on_event = self.handler.on_event
+
+    def check(self) -> None:
+        if self.broken is not None:
+            raise UnknownHandler(self.broken)
+
+    def apply(self, events: list[Any]) -> None:
+        """Apply a batch of events in order. Raises ``HandlerError`` if the handler raised."""
+        on_events = self._on_events
+        if on_events is not None:
+            try:
+                on_events(events)
+            except Exception as exc:
+                raise HandlerError(
+                    f"{self.row.handler}.on_events raised {_describe(exc)}",
+                    detail={"bucket": self.name},
+                ) from None
+            self.events += len(events)
+            return
+        on_event = self._on_event
+        applied = 0
+        try:
+            for event in events:
+                on_event(event)
+                applied += 1
+        except Exception as exc:
+            self.events += applied
+            raise HandlerError(
+                f"{self.row.handler}.on_event raised {_describe(exc)} on event {applied} of the "
+                f"batch; the {applied} before it were applied",
+                detail={"bucket": self.name, "applied": applied},
+            ) from None
+        self.events += len(events)
+
+    def view(self, name: str, args: dict[str, Any]) -> Any:
+        assert self.info is not None
+        if name not in self.info.views:
+            raise UnknownView(
+                f"handler {self.row.handler} of bucket {self.name!r} has no view {name!r}; "
+                f"views: {', '.join(sorted(self.info.views)) or 'none'}"
+            )
+        method = getattr(self.handler, name)
+        try:
+            inspect.signature(method).bind(**args)
+        except TypeError as exc:
+            raise BadArgument(f"view {name!r}: {exc}") from None
+        try:
+            return method(**args)
+        except Exception as exc:
+            raise HandlerError(f"view {self.row.handler}.{name} raised {_describe(exc)}") from None
+
+    def dump(self) -> Any:
+        try:
+            return self.handler.dump()
+        except Exception as exc:
+            raise HandlerError(f"{self.row.handler}.dump raised {_describe(exc)}") from None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "name": self.name,
+            "handler": self.row.handler,
+            "config": self.row.config,
+            "durable": self.row.durable,
+            "created_at": self.row.created_at,
+            "events": self.events,
+        }
+        if self.broken:
+            info["broken"] = self.broken
+        return info
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "durable": self.row.durable,
+            "jobs": {name: job.statistics() for name, job in self.jobs.items()},
+        }
+
+    # -- scheduled jobs -------------------------------------------------------------------------
+
+    def start_jobs(self, executor: Executor) -> None:
+        if self.broken or self.info is None:
+            return
+        for name, spec in self.info.jobs.items():
+            runner = JobRunner(self, name, spec, executor)
+            self.jobs[name] = runner
+            runner.start()
+
+    async def stop_jobs(self, *, final_run: bool) -> None:
+        """Stop the schedules, wait for running jobs, then (``final_run``) run each once more."""
+        runners = list(self.jobs.values())
+        for runner in runners:
+            runner.stop()
+        await asyncio.gather(*(runner.wait_stopped() for runner in runners))
+        if final_run:
+            for runner in runners:
+                if runner.spec.run_at_shutdown:
+                    await runner.run_once()
+
+
+class JobRunner:
+    """Runs one ``@every`` method of one bucket on its schedule, and keeps its statistics."""
+
+    #: A failing job logs its first failure, then again after this many seconds at most, so a
+    #: database that is down for an hour does not flood the log (the count is in ``stats``).
+    FAILURE_LOG_INTERVAL = 60.0
+
+    def __init__(self, bucket: Bucket, name: str, spec: JobSpec, executor: Executor) -> None:
+        self.bucket = bucket
+        self.name = name
+        self.spec = spec
+        self.executor = executor
+        self.interval = spec.seconds
+        if spec.config_key and spec.config_key in bucket.row.config:
+            value = bucket.row.config[spec.config_key]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                self.interval = float(value)
+            else:
+                log.warning(
+                    "bucket %r: config %r must be a positive number; using %ss",
+                    bucket.name, spec.config_key, spec.seconds,
+                )
+        self.runs = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.skipped = 0
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None
+        self.last_duration: float | None = None
+        self.running = False
+        self._last_logged = 0.0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._schedule(), name=f"job {self.bucket.name}.{self.name}"
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        if self._task is not None:
+            await self._task
+        await self._idle.wait()
+
+    async def _schedule(self) -> None:
+        # Wait on the stop event rather than cancel: a run in progress is never interrupted,
+        # so its on_failure always gets the chance to put its data back.
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+                return
+            except TimeoutError:
+                pass
+            await self.run_once()
+
+    async def run_once(self) -> None:
+        """Run the job now, unless it is already running (runs never overlap)."""
+        if self.running:
+            self.skipped += 1
+            return
+        handler = self.bucket.handler
+        if handler is None:
+            return
+        self.running = True
+        self._idle.clear()
+        started = time.monotonic()
+        try:
+            job = getattr(handler, self.name)()
+            if inspect.isawaitable(job) and not isinstance(job, Job):
+                job = Job(job)
+            elif callable(job) and not isinstance(job, Job):
+                job = Job(job)
+            if isinstance(job, Job):
+                result = await self._run_work(job.work)
+                if job.on_success is not None:
+                    job.on_success(result)
+            elif job is not None:
+                raise TypeError(
+                    f"an @every method must return None, a callable, a coroutine or a "
+                    f"bucketly.Job, not {type(job).__name__}"
+                )
+        except Exception as exc:
+            self._failed(exc, job if isinstance(job, Job) else None)
+        else:
+            self._succeeded()
+        finally:
+            self.runs += 1
+            self.last_duration = time.monotonic() - started
+            self.running = False
+            self._idle.set()
+
+    async def _run_work(self, work: Any) -> Any:
+        if inspect.isawaitable(work):
+            return await work
+        if inspect.iscoroutinefunction(work):
+            return await work()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, work)
+
+    def _succeeded(self) -> None:
+        if self.consecutive_failures:
+            log.info(
+                "job %s.%s recovered after %d failed runs",
+                self.bucket.name, self.name, self.consecutive_failures,
+            )
+        self.consecutive_failures = 0
+        self.last_success_at = time.time()
+
+    def _failed(self, exc: Exception, job: Job | None) -> None:
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.last_error = _describe(exc)
+        if job is not None and job.on_failure is not None:
+            try:
+                job.on_failure(exc)
+            except Exception as callback_exc:
+                log.error(
+                    "job %s.%s: on_failure raised %s; its data may be lost",
+                    self.bucket.name, self.name, _describe(callback_exc),
+                )
+        now = time.monotonic()
+        if self.consecutive_failures == 1 or now - self._last_logged >= self.FAILURE_LOG_INTERVAL:
+            self._last_logged = now
+            log.error(
+                "job %s.%s failed (%d in a row): %s",
+                self.bucket.name, self.name, self.consecutive_failures, self.last_error,
+            )
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "interval": self.interval,
+            "runs": self.runs,
+            "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "skipped": self.skipped,
+            "running": self.running,
+            "last_error": self.last_error,
+            "last_success_at": self.last_success_at,
+            "last_duration": self.last_duration,
+        }
+

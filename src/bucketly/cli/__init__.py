@@ -1,0 +1,1 @@
+"""Command-line entry points: ``bucketlyd`` (the daemon) and ``bucketly`` (the client)."""

@@ -1,0 +1,340 @@
+"""``AsyncClient``: the asyncio client, with the same methods as ``Client`` (awaited).
+
+One reader task reads replies and settles the future of the request each belongs to; batches of
+buffered sends are pipelined exactly as in the sync client (see ``bucketly.client.sync``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from ..errors import (
+    BucketlyConnectionError,
+    BucketlyError,
+    ConnectionLost,
+    ProtocolError,
+)
+from ..protocol import ClientProtocol, ErrorReply, Greeting
+from .commands import DEFAULT_HOST, DEFAULT_PORT, Commands
+from .common import (
+    CLIENT_MAX_FRAME_SIZE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LINGER,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_TIMEOUT,
+    check_greeting,
+    send_failure,
+)
+
+__all__ = ["AsyncClient"]
+
+_READ_SIZE = 256 * 1024
+
+
+class AsyncClient(Commands):
+    """An asyncio connection to a bucketlyd server.
+
+    ``async with AsyncClient(host, port, user=..., password=...) as client:`` connects and
+    authenticates; every command is awaited (``await client.send(...)``, ``await
+    client.flush()``, ``await client.view(...)``). Not safe to share between event loops.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        linger: float = DEFAULT_LINGER,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self._password = password
+        self.batch_size = batch_size
+        self.linger = linger
+        self.max_in_flight = max_in_flight
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._protocol: ClientProtocol | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._in_flight: dict[int, tuple[str, list[Any]]] = {}
+        self._batch_bucket: str | None = None
+        self._batch: list[Any] = []
+        self._linger_handle: asyncio.TimerHandle | None = None
+        self._failures: list[BucketlyError] = []
+        self._lost: ConnectionLost | None = None
+        self._connecting = asyncio.Lock()
+        self._closed = False
+        self.session: dict[str, Any] | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self.close()
+        except BucketlyError:
+            if exc_info[0] is None:
+                raise
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect and authenticate. Called for you when needed."""
+        async with self._connecting:
+            if self._writer is not None:
+                return
+            if self._closed:
+                raise BucketlyConnectionError("the client is closed")
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.timeout
+                )
+            except (OSError, TimeoutError) as exc:
+                raise BucketlyConnectionError(
+                    f"cannot connect to bucketlyd at {self.host}:{self.port}: {exc}"
+                ) from None
+            protocol = ClientProtocol(max_frame_size=CLIENT_MAX_FRAME_SIZE)
+            try:
+                greeting = await asyncio.wait_for(self._read_greeting(reader, protocol),
+                                                  self.timeout)
+            except BaseException:
+                writer.close()
+                raise
+            check_greeting(greeting)
+            self._reader, self._writer, self._protocol = reader, writer, protocol
+            self._lost = None
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_replies())
+            if self.user is not None:
+                self.session = await self._request(
+                    "auth", {"user": self.user, "password": self._password or ""}
+                )
+
+    async def _read_greeting(
+        self, reader: asyncio.StreamReader, protocol: ClientProtocol
+    ) -> Greeting:
+        while True:
+            message = protocol.next_event()
+            if isinstance(message, Greeting):
+                return message
+            if isinstance(message, ErrorReply):
+                raise message.to_exception()
+            if message is not None:
+                raise ProtocolError("the server did not greet first")
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                raise BucketlyConnectionError("the server closed the connection before greeting")
+            protocol.receive_data(data)
+
+    async def close(self) -> None:
+        """Flush what is buffered, wait for its acknowledgement, and close. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._writer is not None or self._batch:
+                await self.flush()
+        finally:
+            self._closed = True
+            await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+        writer, self._writer = self._writer, None
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+            self._reader_task = None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def send(self, bucket: str, event: Any) -> None:
+        """Queue ``event`` for ``bucket``; see ``Client.send``."""
+        if self._batch_bucket != bucket and self._batch:
+            await self._write_batch()
+        self._batch_bucket = bucket
+        if not self._batch:
+            self._arm_linger()
+        self._batch.append(event)
+        if len(self._batch) >= self.batch_size:
+            await self._write_batch()
+
+    async def send_many(self, bucket: str, events: list[Any]) -> None:
+        """Queue many events for ``bucket``; see ``Client.send_many``."""
+        if self._batch_bucket != bucket and self._batch:
+            await self._write_batch()
+        self._batch_bucket = bucket
+        if not self._batch:
+            self._arm_linger()
+        self._batch.extend(events)
+        while len(self._batch) >= self.batch_size:
+            await self._write_batch(self.batch_size)
+
+    async def flush(self) -> None:
+        """Write everything buffered; return once all of it is acknowledged (see ``Client``)."""
+        if self._batch:
+            await self._write_batch()
+        waiters = [self._waiters[i] for i in self._in_flight if i in self._waiters]
+        if waiters:
+            await asyncio.wait(waiters)
+        self._raise_lost()
+        if self._failures:
+            first, *rest = self._failures
+            self._failures = []
+            if rest:
+                first.message += f" (and {len(rest)} more failed batches)"
+                first.args = (first.message,)
+            raise first
+
+    async def _write_batch(self, size: int | None = None) -> None:
+        if size is None or size >= len(self._batch):
+            events, self._batch = self._batch, []
+        else:
+            events, self._batch = self._batch[:size], self._batch[size:]
+        if self._linger_handle is not None and not self._batch:
+            self._linger_handle.cancel()
+            self._linger_handle = None
+        bucket = self._batch_bucket
+        assert bucket is not None
+        await self._ensure_connected()
+        assert self._protocol is not None and self._writer is not None
+        request_id, data = self._protocol.send_request("send", {"bucket": bucket, "events": events})
+        self._in_flight[request_id] = (bucket, events)
+        self._waiters[request_id] = asyncio.get_running_loop().create_future()
+        self._writer.write(data)
+        await self._drain()
+        if len(self._in_flight) > self.max_in_flight:
+            oldest = self._waiters.get(next(iter(self._in_flight)))
+            if oldest is not None:
+                await asyncio.wait([oldest])
+        self._raise_lost()
+
+    def _arm_linger(self) -> None:
+        if self._linger_handle is None:
+            loop = asyncio.get_running_loop()
+            self._linger_handle = loop.call_later(self.linger, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        self._linger_handle = None
+        if self._batch:
+            task = asyncio.get_running_loop().create_task(self._write_batch())
+            task.add_done_callback(self._linger_done)
+
+    def _linger_done(self, task: asyncio.Task[None]) -> None:
+        exc = task.exception() if not task.cancelled() else None
+        if isinstance(exc, BucketlyError):
+            self._failures.append(exc)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def _call(self, op: str, args: dict[str, Any]) -> Any:  # type: ignore[override]
+        if self._batch:
+            await self._write_batch()
+        await self._ensure_connected()
+        return await self._request(op, args)
+
+    async def _request(self, op: str, args: dict[str, Any]) -> Any:
+        assert self._protocol is not None and self._writer is not None
+        request_id, data = self._protocol.send_request(op, args)
+        future = self._waiters[request_id] = asyncio.get_running_loop().create_future()
+        self._writer.write(data)
+        await self._drain()
+        try:
+            message = await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except ConnectionLost as exc:
+            if self._lost is exc:
+                self._lost = None  # reported here; flush() need not report it again
+            raise
+        except TimeoutError:
+            await self._fail(BucketlyConnectionError(
+                f"no reply from the server within {self.timeout}s"))
+            self._raise_lost()
+            raise
+        if isinstance(message, ErrorReply):
+            raise message.to_exception()
+        return message.result
+
+    async def _drain(self) -> None:
+        assert self._writer is not None
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            await self._fail(exc)
+            self._raise_lost()
+
+    async def _ensure_connected(self) -> None:
+        if self._writer is None:
+            await self.connect()
+
+    async def _read_replies(self) -> None:
+        reader, protocol = self._reader, self._protocol
+        assert reader is not None and protocol is not None
+        cause: BaseException | None = None
+        try:
+            while True:
+                data = await reader.read(_READ_SIZE)
+                if not data:
+                    break
+                protocol.receive_data(data)
+                while (message := protocol.next_event()) is not None:
+                    if isinstance(message, Greeting):
+                        raise ProtocolError("the server sent a second greeting")
+                    if message.id is None:
+                        raise message.to_exception()
+                    batch = self._in_flight.pop(message.id, None)
+                    if batch is not None and isinstance(message, ErrorReply):
+                        self._failures.append(send_failure(message, *batch))
+                    future = self._waiters.pop(message.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(message)
+        except (OSError, BucketlyError) as exc:
+            cause = exc
+        self._lose(cause)
+
+    async def _fail(self, cause: BaseException | None) -> None:
+        self._lose(cause)
+        await self._disconnect()
+
+    def _lose(self, cause: BaseException | None) -> None:
+        """The connection is gone: report in-flight batches, fail every waiting request."""
+        unacknowledged = list(self._in_flight.values())
+        self._in_flight.clear()
+        reason = f": {cause}" if cause else ": the server closed the connection"
+        lost = ConnectionLost(
+            f"lost the connection to {self.host}:{self.port}{reason}"
+            + (f"; {sum(len(e) for _, e in unacknowledged)} events were not acknowledged"
+               if unacknowledged else ""),
+            unacknowledged=unacknowledged,
+        )
+        if self._lost is None:
+            self._lost = lost
+        else:
+            self._lost.unacknowledged.extend(unacknowledged)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(lost)
+                future.exception()  # mark retrieved: the owner may have stopped waiting
+        self._waiters.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _raise_lost(self) -> None:
+        if self._lost is not None:
+            lost, self._lost = self._lost, None
+            raise lost

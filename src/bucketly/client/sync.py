@@ -1,0 +1,326 @@
+"""``Client``: the blocking client, safe to share between threads.
+
+Theory of operation. ``send()`` only appends to the current batch. A batch is written as one
+``send`` frame when it reaches ``batch_size`` events, when ``linger`` seconds have passed since
+its first event (a background thread sees to that), before any other command, or on ``flush()``.
+Batches are pipelined: the client does not wait for each acknowledgement, it keeps the batch in
+``_in_flight`` until the server's reply arrives, reading replies as it goes and blocking only
+when more than ``max_in_flight`` batches await theirs. ``flush()`` waits for all of them.
+
+If the connection breaks, the batches still in flight are handed to you in ``ConnectionLost``
+(their events may or may not have been applied); the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from ..errors import (
+    BucketlyConnectionError,
+    BucketlyError,
+    ConnectionLost,
+    ConnectionRefusedByServer,
+    ProtocolError,
+)
+from ..protocol import ClientProtocol, ErrorReply, Greeting, Reply
+from .commands import DEFAULT_HOST, DEFAULT_PORT, Commands
+from .common import (
+    CLIENT_MAX_FRAME_SIZE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LINGER,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_TIMEOUT,
+    check_greeting,
+    send_failure,
+)
+
+__all__ = ["Client"]
+
+_READ_SIZE = 256 * 1024
+
+
+class Client(Commands):
+    """A connection to a bucketlyd server.
+
+    ``Client(host, port, user=..., password=...)`` connects and authenticates at once. Use it as
+    a context manager, or call ``close()``. ``send()`` is buffered: call ``flush()`` to know that
+    everything sent so far has been acknowledged.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        linger: float = DEFAULT_LINGER,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        connect: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self._password = password
+        self.batch_size = batch_size
+        self.linger = linger
+        self.max_in_flight = max_in_flight
+        self.timeout = timeout
+        self._lock = threading.RLock()
+        self._sock: socket.socket | None = None
+        self._protocol: ClientProtocol | None = None
+        self._batch_bucket: str | None = None
+        self._batch: list[Any] = []
+        self._batch_started = 0.0
+        self._in_flight: dict[int, tuple[str, list[Any]]] = {}
+        self._failures: list[BucketlyError] = []
+        self._closed = False
+        self._linger_wakeup = threading.Condition(self._lock)
+        self._linger_thread: threading.Thread | None = None
+        #: Login details returned by the server (``must_change_password`` etc.).
+        self.session: dict[str, Any] | None = None
+        if connect:
+            self.connect()
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect (and authenticate, if a user was given). Called for you when needed."""
+        with self._lock:
+            if self._sock is not None:
+                return
+            if self._closed:
+                raise BucketlyConnectionError("the client is closed")
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            except OSError as exc:
+                raise BucketlyConnectionError(
+                    f"cannot connect to bucketlyd at {self.host}:{self.port}: {exc.strerror or exc}"
+                ) from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+            self._protocol = ClientProtocol(max_frame_size=CLIENT_MAX_FRAME_SIZE)
+            try:
+                greeting = self._next_message()
+                if isinstance(greeting, ErrorReply):
+                    raise greeting.to_exception()
+                if not isinstance(greeting, Greeting):
+                    raise ProtocolError("the server did not greet first")
+                check_greeting(greeting)
+                if self.user is not None:
+                    self.session = self._request("auth", {"user": self.user,
+                                                          "password": self._password or ""})
+            except BaseException:
+                self._drop_socket()
+                raise
+
+    def close(self) -> None:
+        """Flush what is buffered, wait for its acknowledgement, and close. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._sock is not None or self._batch:
+                    self.flush()
+            finally:
+                self._closed = True
+                self._drop_socket()
+                self._linger_wakeup.notify_all()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if exc_info[0] is None:
+            self.close()
+        else:
+            # Already failing: don't let a flush error hide the original exception.
+            try:
+                self.close()
+            except BucketlyError:
+                pass
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, bucket: str, event: Any) -> None:
+        """Queue ``event`` for ``bucket``. It is written within ``linger`` seconds, in a batch.
+
+        Errors of buffered sends are raised by the next ``flush()`` (or ``close()``).
+        """
+        with self._lock:
+            if self._batch_bucket != bucket and self._batch:
+                self._write_batch()
+            self._batch_bucket = bucket
+            if not self._batch:
+                self._batch_started = time.monotonic()
+                self._start_linger()
+            self._batch.append(event)
+            if len(self._batch) >= self.batch_size:
+                self._write_batch()
+
+    def send_many(self, bucket: str, events: list[Any]) -> None:
+        """Queue many events for ``bucket`` (the same as ``send`` for each, only faster)."""
+        with self._lock:
+            if self._batch_bucket != bucket and self._batch:
+                self._write_batch()
+            self._batch_bucket = bucket
+            if not self._batch:
+                self._batch_started = time.monotonic()
+                self._start_linger()
+            self._batch.extend(events)
+            while len(self._batch) >= self.batch_size:
+                self._write_batch(self.batch_size)
+
+    def flush(self) -> None:
+        """Write everything buffered and return once all of it is acknowledged by the server.
+
+        Raises the first error any buffered send met since the last flush (its ``bucket``
+        and ``events`` attributes say what was refused), or ``ConnectionLost``.
+        """
+        with self._lock:
+            if self._batch:
+                self._write_batch()
+            while self._in_flight:
+                self._read_one()
+            self._raise_failures()
+
+    def _write_batch(self, size: int | None = None) -> None:
+        if size is None or size >= len(self._batch):
+            events, self._batch = self._batch, []
+        else:
+            events, self._batch = self._batch[:size], self._batch[size:]
+        bucket = self._batch_bucket
+        assert bucket is not None
+        self._ensure_connected()
+        assert self._protocol is not None
+        request_id, data = self._protocol.send_request("send", {"bucket": bucket, "events": events})
+        self._in_flight[request_id] = (bucket, events)
+        self._sendall(data)
+        while len(self._in_flight) > self.max_in_flight:
+            self._read_one()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _call(self, op: str, args: dict[str, Any]) -> Any:
+        with self._lock:
+            if self._batch:
+                self._write_batch()
+            self._ensure_connected()
+            return self._request(op, args)
+
+    def _request(self, op: str, args: dict[str, Any]) -> Any:
+        assert self._protocol is not None
+        request_id, data = self._protocol.send_request(op, args)
+        self._sendall(data)
+        while True:
+            message = self._read_one()
+            if message is not None and message.id == request_id:
+                if isinstance(message, ErrorReply):
+                    raise message.to_exception()
+                return message.result
+
+    def _read_one(self) -> Reply | ErrorReply | None:
+        """Read one reply; settle it if it acknowledges a batch. Returns it."""
+        message = self._next_message()
+        if isinstance(message, Greeting):
+            raise ProtocolError("the server sent a second greeting")
+        if message.id is None:
+            exc = message.to_exception()  # type: ignore[union-attr]
+            if isinstance(exc, ConnectionRefusedByServer):
+                self._connection_lost(exc)
+            raise exc
+        batch = self._in_flight.pop(message.id, None)
+        if batch is not None and isinstance(message, ErrorReply):
+            self._failures.append(send_failure(message, *batch))
+        return message
+
+    def _next_message(self) -> Greeting | Reply | ErrorReply:
+        protocol, sock = self._protocol, self._sock
+        assert protocol is not None and sock is not None
+        while True:
+            message = protocol.next_event()
+            if message is not None:
+                return message
+            try:
+                data = sock.recv(_READ_SIZE)
+            except TimeoutError:
+                self._connection_lost(BucketlyConnectionError(
+                    f"no reply from the server within {self.timeout}s"))
+            except OSError as exc:
+                self._connection_lost(exc)
+            if not data:
+                self._connection_lost(None)
+            protocol.receive_data(data)
+
+    def _sendall(self, data: bytes) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            self._connection_lost(exc)
+
+    def _ensure_connected(self) -> None:
+        if self._sock is None:
+            self.connect()
+
+    def _connection_lost(self, cause: BaseException | None) -> Any:
+        unacknowledged = list(self._in_flight.values())
+        self._in_flight.clear()
+        self._drop_socket()
+        reason = f": {cause}" if cause else ": the server closed the connection"
+        lost = ConnectionLost(
+            f"lost the connection to {self.host}:{self.port}{reason}"
+            + (f"; {sum(len(e) for _, e in unacknowledged)} events were not acknowledged"
+               if unacknowledged else ""),
+            unacknowledged=unacknowledged,
+        )
+        raise lost from cause
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._protocol = None
+
+    def _raise_failures(self) -> None:
+        if self._failures:
+            first, *rest = self._failures
+            self._failures = []
+            if rest:
+                first.message += f" (and {len(rest)} more failed batches)"
+                first.args = (first.message,)
+            raise first
+
+    # -- linger -------------------------------------------------------------------------------
+
+    def _start_linger(self) -> None:
+        if self._linger_thread is None:
+            self._linger_thread = threading.Thread(
+                target=self._linger_loop, name="bucketly-client-linger", daemon=True
+            )
+            self._linger_thread.start()
+        else:
+            self._linger_wakeup.notify()
+
+    def _linger_loop(self) -> None:
+        with self._lock:
+            while not self._closed:
+                if not self._batch:
+                    self._linger_wakeup.wait()
+                    continue
+                due = self._batch_started + self.linger - time.monotonic()
+                if due > 0:
+                    self._linger_wakeup.wait(due)
+                    continue
+                try:
+                    self._write_batch()
+                except BucketlyError as exc:
+                    # Nobody to raise to on this thread: the next flush() raises it.
+                    self._failures.append(exc)

@@ -1,0 +1,273 @@
+"""The one error tree of bucketly.
+
+Every error the server can send has a stable wire ``code`` (a short snake_case string, see
+docs/protocol.md) and every class below carries it, so the server raises a class and the wire code
+follows, and the client turns a wire code back into the same class::
+
+    BucketlyError                    base of everything bucketly raises
+    ├── ProtocolError                the peer broke the protocol (bad frame, bad message)
+    │   ├── FrameTooLarge            a frame's length header is over the limit
+    │   └── BadFrame                 a frame's body is not one valid MessagePack value
+    ├── RequestError                 the server refused one request; the connection goes on
+    │   ├── BadRequest               not a well-formed request (not a map, no id, no op)
+    │   ├── UnknownOp                no such op
+    │   ├── BadArgument              an argument is missing or has the wrong type or value
+    │   ├── AuthRequired             the op needs authentication first
+    │   ├── AuthFailed               unknown user or wrong password (the same error for both)
+    │   ├── PermissionDenied         authenticated, but not allowed to do this
+    │   ├── UnknownBucket            no bucket with that name
+    │   ├── BucketExists             a bucket with that name exists already
+    │   ├── UnknownHandler           the handlers module defines no such handler
+    │   ├── UnknownView              the handler defines no such view
+    │   ├── HandlerError             the user's handler code raised an exception
+    │   ├── UnencodableResult        a view or dump returned something MessagePack can't carry
+    │   ├── StorageError             the database file could not be written; nothing was done
+    │   └── ShuttingDown             the server is stopping and takes no new work
+    ├── ConnectionRefusedByServer    the server refused the connection (too many clients)
+    ├── InternalError                a bug in bucketly; the server logged it
+    ├── BucketlyConnectionError      the client could not reach the server, or lost it
+    │   └── ConnectionLost           lost while requests were in flight (see ``unacknowledged``)
+    └── HandlersError                the handlers module could not be loaded (server start-up)
+
+``ProtocolError`` and its children mean the peer misbehaved; ``RequestError`` means one request
+was refused and the connection is fine; ``BucketlyConnectionError`` is about the network, and
+``ConnectionLost`` tells exactly which events were not acknowledged, so nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthFailed",
+    "AuthRequired",
+    "BadArgument",
+    "BadFrame",
+    "BadRequest",
+    "BucketExists",
+    "BucketlyConnectionError",
+    "BucketlyError",
+    "ConnectionLost",
+    "ConnectionRefusedByServer",
+    "FrameTooLarge",
+    "HandlerError",
+    "HandlersError",
+    "InternalError",
+    "PermissionDenied",
+    "ProtocolError",
+    "RequestError",
+    "ShuttingDown",
+    "StorageError",
+    "UnencodableResult",
+    "UnknownBucket",
+    "UnknownHandler",
+    "UnknownOp",
+    "UnknownView",
+    "error_class_for_code",
+]
+
+
+class BucketlyError(Exception):
+    """Base class of every error bucketly raises."""
+
+    #: The stable wire error code (docs/protocol.md, "Error codes").
+    code: str = "error"
+    #: Exit status of the ``bucketly`` command-line client for this error.
+    exit_code: int = 1
+    #: For a refused batch of buffered sends: the bucket and the events that were refused.
+    bucket: str | None = None
+    events: list[Any] | None = None
+
+    def __init__(self, message: str = "", *, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Optional structured detail sent along with the error (a MessagePack value).
+        self.detail = detail
+
+
+class ProtocolError(BucketlyError):
+    """The peer broke the bucketly v1 protocol."""
+
+    code = "bad_frame"
+    exit_code = 4
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame's length header is over the receiver's maximum frame size."""
+
+    code = "frame_too_large"
+
+
+class BadFrame(ProtocolError):
+    """A frame's body is not one valid MessagePack value."""
+
+    code = "bad_frame"
+
+
+class RequestError(BucketlyError):
+    """The server refused one request; the connection carries on."""
+
+    code = "bad_request"
+    exit_code = 2
+
+
+class BadRequest(RequestError):
+    """The message is not a well-formed request (not a map, no integer id, no op)."""
+
+    code = "bad_request"
+
+
+class UnknownOp(RequestError):
+    """The request names an op the server does not know."""
+
+    code = "unknown_op"
+
+
+class BadArgument(RequestError):
+    """An argument of the request is missing or has the wrong type or value."""
+
+    code = "bad_argument"
+
+
+class AuthRequired(RequestError):
+    """The op needs an authenticated connection."""
+
+    code = "auth_required"
+    exit_code = 3
+
+
+class AuthFailed(RequestError):
+    """Unknown user or wrong password: deliberately the same error for both."""
+
+    code = "auth_failed"
+    exit_code = 3
+
+
+class PermissionDenied(RequestError):
+    """The user is authenticated but holds no permission for this."""
+
+    code = "permission_denied"
+    exit_code = 3
+
+
+class UnknownBucket(RequestError):
+    """No bucket has that name."""
+
+    code = "unknown_bucket"
+
+
+class BucketExists(RequestError):
+    """A bucket with that name exists already."""
+
+    code = "bucket_exists"
+
+
+class UnknownHandler(RequestError):
+    """The server's handlers module defines no handler of that name."""
+
+    code = "unknown_handler"
+
+
+class UnknownView(RequestError):
+    """The bucket's handler defines no view of that name."""
+
+    code = "unknown_view"
+
+
+class HandlerError(RequestError):
+    """The user's handler code raised an exception; the message says which and where."""
+
+    code = "handler_error"
+
+
+class UnencodableResult(RequestError):
+    """A view or dump returned a value that MessagePack cannot carry."""
+
+    code = "unencodable_result"
+
+
+class StorageError(RequestError):
+    """The database file could not be written; the request had no effect."""
+
+    code = "storage_error"
+    exit_code = 5
+
+
+class ShuttingDown(RequestError):
+    """The server is shutting down and takes no new work."""
+
+    code = "shutting_down"
+    exit_code = 5
+
+
+class ConnectionRefusedByServer(BucketlyError):
+    """The server refused this connection, e.g. because it has its maximum of clients."""
+
+    code = "too_many_connections"
+    exit_code = 5
+
+
+class InternalError(BucketlyError):
+    """A bug in bucketly. The server logged the traceback; please report it."""
+
+    code = "internal_error"
+    exit_code = 70
+
+
+class BucketlyConnectionError(BucketlyError):
+    """The client could not connect to the server, or lost the connection."""
+
+    code = "connection_error"
+    exit_code = 6
+
+
+class ConnectionLost(BucketlyConnectionError):
+    """The connection broke while requests were in flight.
+
+    ``unacknowledged`` lists ``(bucket, events)`` pairs that were sent but whose
+    acknowledgement never arrived: they may or may not have been applied. The
+    client never drops them silently; resend them or record them.
+    """
+
+    code = "connection_lost"
+
+    def __init__(
+        self, message: str = "", *, unacknowledged: list[tuple[str, list[Any]]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.unacknowledged = unacknowledged or []
+
+
+class HandlersError(BucketlyError):
+    """The handlers module could not be loaded or is not valid."""
+
+    code = "handlers_error"
+    exit_code = 2
+
+
+def _all_subclasses(cls: type[BucketlyError]) -> list[type[BucketlyError]]:
+    result = []
+    for sub in cls.__subclasses__():
+        result.append(sub)
+        result.extend(_all_subclasses(sub))
+    return result
+
+
+#: wire code -> the most specific class that carries it (used by the clients).
+_CLASS_FOR_CODE: dict[str, type[BucketlyError]] = {}
+for _cls in _all_subclasses(BucketlyError):
+    if _cls in (ProtocolError, RequestError):
+        continue
+    _CLASS_FOR_CODE.setdefault(_cls.code, _cls)
+
+#: Codes the server may put on the wire, with the class that stands for each.
+WIRE_CODES: dict[str, type[BucketlyError]] = {
+    code: cls
+    for code, cls in _CLASS_FOR_CODE.items()
+    if code not in ("connection_error", "connection_lost", "handlers_error")
+}
+
+
+def error_class_for_code(code: str) -> type[BucketlyError]:
+    """Return the exception class for a wire error code (``BucketlyError`` if unknown)."""
+    return _CLASS_FOR_CODE.get(code, BucketlyError)
