@@ -2,7 +2,8 @@
 
 Start a server on it with::
 
-    bucketlyd bucketly_database.dat --bucket_handlers examples/hndlrs.py --hostname 127.0.0.1 --port 8484
+    bucketlyd bucketly_database.dat --bucket_handlers examples/hndlrs.py \
+        --hostname 127.0.0.1 --port 8484
 """
 
 import bucketly

@@ -256,7 +256,7 @@ def _import(spec: str) -> ModuleType:
                 "importable module name"
             ) from None
         raise HandlersError(_describe_import_error(spec, exc)) from None
-    except BaseException as exc:  # noqa: BLE001 - any failure in user code must stop start-up cleanly
+    except BaseException as exc:
         raise HandlersError(_describe_import_error(spec, exc)) from None
 
 

@@ -43,10 +43,16 @@ STOP_TIMEOUT = 30.0
 class RunningServer:
     """A bucketlyd subprocess. ``host``, ``port``, ``pid``; ``logs`` holds its log lines."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.args = args
         self.process = subprocess.Popen(
             args,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -79,9 +85,7 @@ class RunningServer:
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         if not self._ready.wait(timeout) or not self.port:
             self.kill()
-            raise RuntimeError(
-                "bucketlyd did not become ready:\n" + "\n".join(self.logs[-30:])
-            )
+            raise RuntimeError("bucketlyd did not become ready:\n" + "\n".join(self.logs[-30:]))
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
         """Block until a log line matches the regular expression ``pattern``; return it."""
@@ -95,15 +99,18 @@ class RunningServer:
                         return line
                 seen = len(self.logs)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                if remaining <= 0 or (
+                    self.process.poll() is not None and not self._reader.is_alive()
+                ):
                     raise AssertionError(
                         f"no log line matched {pattern!r}; last lines:\n"
                         + "\n".join(self.logs[-20:])
                     )
                 self._changed.wait(remaining)
 
-    def client(self, user: str | None = "admin", password: str | None = "admin",
-               **kwargs: Any) -> Client:
+    def client(
+        self, user: str | None = "admin", password: str | None = "admin", **kwargs: Any
+    ) -> Client:
         """A ``Client`` connected to this server (as admin/admin unless told otherwise)."""
         return Client(self.host, self.port, user=user, password=password, **kwargs)
 
@@ -117,6 +124,8 @@ class RunningServer:
             self.kill()
             raise
         self._reader.join(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
         return code
 
     def kill(self) -> None:

@@ -45,6 +45,8 @@ class Bucket:
         self.name = row.name
         self.info = info
         self.events = 0
+        self.errors = 0
+        self._error_logged_at = -self.ERROR_LOG_INTERVAL
         self.handler: Any = None
         #: Why the bucket cannot take requests (its handler is gone or failed to start).
         self.broken: str | None = None
@@ -64,6 +66,18 @@ class Bucket:
         self._on_events = self.handler.on_events if info.batches else None
         self._on_event = self.handler.on_event
 
+    #: Handler exceptions are logged at most once per this many seconds per bucket (each
+    #: is also sent to the client that caused it), so a broken handler cannot flood the log.
+    ERROR_LOG_INTERVAL = 60.0
+
+    def _handler_error(self, message: str, detail: Any = None) -> HandlerError:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._error_logged_at >= self.ERROR_LOG_INTERVAL:
+            self._error_logged_at = now
+            log.warning("bucket %r: %s (%d handler errors so far)", self.name, message, self.errors)
+        return HandlerError(message, detail=detail)
+
     def check(self) -> None:
         if self.broken is not None:
             raise UnknownHandler(self.broken)
@@ -75,7 +89,7 @@ class Bucket:
             try:
                 on_events(events)
             except Exception as exc:
-                raise HandlerError(
+                raise self._handler_error(
                     f"{self.row.handler}.on_events raised {_describe(exc)}",
                     detail={"bucket": self.name},
                 ) from None
@@ -89,7 +103,7 @@ class Bucket:
                 applied += 1
         except Exception as exc:
             self.events += applied
-            raise HandlerError(
+            raise self._handler_error(
                 f"{self.row.handler}.on_event raised {_describe(exc)} on event {applied} of the "
                 f"batch; the {applied} before it were applied",
                 detail={"bucket": self.name, "applied": applied},
@@ -111,13 +125,15 @@ class Bucket:
         try:
             return method(**args)
         except Exception as exc:
-            raise HandlerError(f"view {self.row.handler}.{name} raised {_describe(exc)}") from None
+            raise self._handler_error(
+                f"view {self.row.handler}.{name} raised {_describe(exc)}"
+            ) from None
 
     def dump(self) -> Any:
         try:
             return self.handler.dump()
         except Exception as exc:
-            raise HandlerError(f"{self.row.handler}.dump raised {_describe(exc)}") from None
+            raise self._handler_error(f"{self.row.handler}.dump raised {_describe(exc)}") from None
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -135,6 +151,7 @@ class Bucket:
     def statistics(self) -> dict[str, Any]:
         return {
             "events": self.events,
+            "handler_errors": self.errors,
             "durable": self.row.durable,
             "jobs": {name: job.statistics() for name, job in self.jobs.items()},
         }
@@ -181,7 +198,9 @@ class JobRunner:
             else:
                 log.warning(
                     "bucket %r: config %r must be a positive number; using %ss",
-                    bucket.name, spec.config_key, spec.seconds,
+                    bucket.name,
+                    spec.config_key,
+                    spec.seconds,
                 )
         self.runs = 0
         self.failures = 0
@@ -232,16 +251,27 @@ class JobRunner:
         self.running = True
         self._idle.clear()
         started = time.monotonic()
+        job: Any = None
         try:
             job = getattr(handler, self.name)()
-            if inspect.isawaitable(job) and not isinstance(job, Job):
-                job = Job(job)
-            elif callable(job) and not isinstance(job, Job):
+            if (inspect.isawaitable(job) and not isinstance(job, Job)) or (
+                callable(job) and not isinstance(job, Job)
+            ):
                 job = Job(job)
             if isinstance(job, Job):
                 result = await self._run_work(job.work)
                 if job.on_success is not None:
-                    job.on_success(result)
+                    try:
+                        job.on_success(result)
+                    except Exception as exc:
+                        # The work is done: calling on_failure now would make the handler
+                        # redo work that succeeded. Report it, count the run as succeeded.
+                        log.error(
+                            "job %s.%s: on_success raised %s",
+                            self.bucket.name,
+                            self.name,
+                            _describe(exc),
+                        )
             elif job is not None:
                 raise TypeError(
                     f"an @every method must return None, a callable, a coroutine or a "
@@ -269,7 +299,9 @@ class JobRunner:
         if self.consecutive_failures:
             log.info(
                 "job %s.%s recovered after %d failed runs",
-                self.bucket.name, self.name, self.consecutive_failures,
+                self.bucket.name,
+                self.name,
+                self.consecutive_failures,
             )
         self.consecutive_failures = 0
         self.last_success_at = time.time()
@@ -284,14 +316,19 @@ class JobRunner:
             except Exception as callback_exc:
                 log.error(
                     "job %s.%s: on_failure raised %s; its data may be lost",
-                    self.bucket.name, self.name, _describe(callback_exc),
+                    self.bucket.name,
+                    self.name,
+                    _describe(callback_exc),
                 )
         now = time.monotonic()
         if self.consecutive_failures == 1 or now - self._last_logged >= self.FAILURE_LOG_INTERVAL:
             self._last_logged = now
             log.error(
                 "job %s.%s failed (%d in a row): %s",
-                self.bucket.name, self.name, self.consecutive_failures, self.last_error,
+                self.bucket.name,
+                self.name,
+                self.consecutive_failures,
+                self.last_error,
             )
 
     def statistics(self) -> dict[str, Any]:
@@ -306,4 +343,3 @@ class JobRunner:
             "last_success_at": self.last_success_at,
             "last_duration": self.last_duration,
         }
-

@@ -30,7 +30,10 @@ def build_command() -> click.Command:
         if meta.get("positional"):
             params.append(
                 click.Argument(
-                    [field.name], required=False, default=field.default, envvar=_env_name(field),
+                    [field.name],
+                    required=False,
+                    default=field.default,
+                    envvar=_env_name(field),
                     type=click.Path(dir_okay=False),
                 )
             )
@@ -44,8 +47,13 @@ def build_command() -> click.Command:
             kind = click.Choice(meta["choices"], case_sensitive=False)
         params.append(
             click.Option(
-                [*names, field.name], default=field.default, type=kind, envvar=_env_name(field),
-                show_default=True, show_envvar=True, help=meta["help"],
+                [*names, field.name],
+                default=field.default,
+                type=kind,
+                envvar=_env_name(field),
+                show_default=True,
+                show_envvar=True,
+                help=meta["help"],
             )
         )
 
@@ -80,7 +88,11 @@ def build_command() -> click.Command:
             "On the first start with a new database file, a user 'admin' with password 'admin' "
             "is created: change it with 'bucketly passwd'."
         ),
-        context_settings={"max_content_width": 100, "terminal_width": 100, "help_option_names": ["-h", "--help"]},
+        context_settings={
+            "max_content_width": 100,
+            "terminal_width": 100,
+            "help_option_names": ["-h", "--help"],
+        },
     )
 
 

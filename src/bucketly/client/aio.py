@@ -106,8 +106,9 @@ class AsyncClient(Commands):
                 ) from None
             protocol = ClientProtocol(max_frame_size=CLIENT_MAX_FRAME_SIZE)
             try:
-                greeting = await asyncio.wait_for(self._read_greeting(reader, protocol),
-                                                  self.timeout)
+                greeting = await asyncio.wait_for(
+                    self._read_greeting(reader, protocol), self.timeout
+                )
             except BaseException:
                 writer.close()
                 raise
@@ -202,6 +203,10 @@ class AsyncClient(Commands):
             raise first
 
     async def _write_batch(self, size: int | None = None) -> None:
+        # Report a lost connection, and connect, before the events leave the buffer: a batch
+        # that could not be written stays buffered instead of vanishing.
+        self._raise_lost()
+        await self._ensure_connected()
         if size is None or size >= len(self._batch):
             events, self._batch = self._batch, []
         else:
@@ -211,7 +216,6 @@ class AsyncClient(Commands):
             self._linger_handle = None
         bucket = self._batch_bucket
         assert bucket is not None
-        await self._ensure_connected()
         assert self._protocol is not None and self._writer is not None
         request_id, data = self._protocol.send_request("send", {"bucket": bucket, "events": events})
         self._in_flight[request_id] = (bucket, events)
@@ -231,7 +235,9 @@ class AsyncClient(Commands):
 
     def _linger_expired(self) -> None:
         self._linger_handle = None
-        if self._batch:
+        # Only when connected: reconnecting, or reporting a lost connection, is for a call
+        # made by the user, who can see the error.
+        if self._batch and self._writer is not None and self._lost is None:
             task = asyncio.get_running_loop().create_task(self._write_batch())
             task.add_done_callback(self._linger_done)
 
@@ -242,9 +248,10 @@ class AsyncClient(Commands):
 
     # -- requests -----------------------------------------------------------------------------
 
-    async def _call(self, op: str, args: dict[str, Any]) -> Any:  # type: ignore[override]
+    async def _call(self, op: str, args: dict[str, Any]) -> Any:
         if self._batch:
             await self._write_batch()
+        self._raise_lost()
         await self._ensure_connected()
         return await self._request(op, args)
 
@@ -261,8 +268,9 @@ class AsyncClient(Commands):
                 self._lost = None  # reported here; flush() need not report it again
             raise
         except TimeoutError:
-            await self._fail(BucketlyConnectionError(
-                f"no reply from the server within {self.timeout}s"))
+            await self._fail(
+                BucketlyConnectionError(f"no reply from the server within {self.timeout}s")
+            )
             self._raise_lost()
             raise
         if isinstance(message, ErrorReply):
@@ -317,8 +325,11 @@ class AsyncClient(Commands):
         reason = f": {cause}" if cause else ": the server closed the connection"
         lost = ConnectionLost(
             f"lost the connection to {self.host}:{self.port}{reason}"
-            + (f"; {sum(len(e) for _, e in unacknowledged)} events were not acknowledged"
-               if unacknowledged else ""),
+            + (
+                f"; {sum(len(e) for _, e in unacknowledged)} events were not acknowledged"
+                if unacknowledged
+                else ""
+            ),
             unacknowledged=unacknowledged,
         )
         if self._lost is None:

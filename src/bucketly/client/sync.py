@@ -113,11 +113,13 @@ class Client(Commands):
                     raise ProtocolError("the server did not greet first")
                 check_greeting(greeting)
                 if self.user is not None:
-                    self.session = self._request("auth", {"user": self.user,
-                                                          "password": self._password or ""})
+                    self.session = self._request(
+                        "auth", {"user": self.user, "password": self._password or ""}
+                    )
             except BaseException:
                 self._drop_socket()
                 raise
+            self._linger_wakeup.notify_all()  # a batch may be waiting for this connection
 
     def close(self) -> None:
         """Flush what is buffered, wait for its acknowledgement, and close. Idempotent."""
@@ -190,13 +192,14 @@ class Client(Commands):
             self._raise_failures()
 
     def _write_batch(self, size: int | None = None) -> None:
+        # Connect before the events leave the buffer: if that fails, they stay buffered.
+        self._ensure_connected()
         if size is None or size >= len(self._batch):
             events, self._batch = self._batch, []
         else:
             events, self._batch = self._batch[:size], self._batch[size:]
         bucket = self._batch_bucket
         assert bucket is not None
-        self._ensure_connected()
         assert self._protocol is not None
         request_id, data = self._protocol.send_request("send", {"bucket": bucket, "events": events})
         self._in_flight[request_id] = (bucket, events)
@@ -230,7 +233,7 @@ class Client(Commands):
         if isinstance(message, Greeting):
             raise ProtocolError("the server sent a second greeting")
         if message.id is None:
-            exc = message.to_exception()  # type: ignore[union-attr]
+            exc = message.to_exception()
             if isinstance(exc, ConnectionRefusedByServer):
                 self._connection_lost(exc)
             raise exc
@@ -249,8 +252,9 @@ class Client(Commands):
             try:
                 data = sock.recv(_READ_SIZE)
             except TimeoutError:
-                self._connection_lost(BucketlyConnectionError(
-                    f"no reply from the server within {self.timeout}s"))
+                self._connection_lost(
+                    BucketlyConnectionError(f"no reply from the server within {self.timeout}s")
+                )
             except OSError as exc:
                 self._connection_lost(exc)
             if not data:
@@ -275,8 +279,11 @@ class Client(Commands):
         reason = f": {cause}" if cause else ": the server closed the connection"
         lost = ConnectionLost(
             f"lost the connection to {self.host}:{self.port}{reason}"
-            + (f"; {sum(len(e) for _, e in unacknowledged)} events were not acknowledged"
-               if unacknowledged else ""),
+            + (
+                f"; {sum(len(e) for _, e in unacknowledged)} events were not acknowledged"
+                if unacknowledged
+                else ""
+            ),
             unacknowledged=unacknowledged,
         )
         raise lost from cause
@@ -319,8 +326,15 @@ class Client(Commands):
                 if due > 0:
                     self._linger_wakeup.wait(due)
                     continue
+                if self._sock is None:
+                    # Reconnecting is for a call made by the user, who can see its error; the
+                    # batch stays buffered until then.
+                    self._linger_wakeup.wait()
+                    continue
                 try:
                     self._write_batch()
                 except BucketlyError as exc:
-                    # Nobody to raise to on this thread: the next flush() raises it.
+                    # Nobody to raise to on this thread: the next flush() raises it. Wait for
+                    # the user's next call rather than retry in a tight loop.
                     self._failures.append(exc)
+                    self._linger_wakeup.wait()

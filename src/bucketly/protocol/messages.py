@@ -142,9 +142,9 @@ def request_from_wire(obj: Any) -> Request:
     """
     if not isinstance(obj, dict):
         raise BadRequest(f"a request must be a map, not {_wire_type(obj)}")
-    request_id = obj.get("id")
+    request_id: Any = obj.get("id")
     if not _is_request_id(request_id):
-        raise BadRequest("a request needs an \"id\": an unsigned integer below 2**64")
+        raise BadRequest('a request needs an "id": an unsigned integer below 2**64')
     op = obj.get("op")
     if type(op) is not str:
         raise BadRequest('a request needs an "op": a string', detail={"id": request_id})
@@ -166,7 +166,9 @@ def decode_server_message(obj: Any) -> Greeting | Reply | ErrorReply:
         if not isinstance(error, dict):
             raise ProtocolError("server sent an error reply without an error map")
         return ErrorReply(
-            obj.get("id"), str(error.get("code")), str(error.get("message", "")),
+            obj.get("id"),
+            str(error.get("code")),
+            str(error.get("message", "")),
             error.get("detail"),
         )
     raise ProtocolError(f"server sent a map that is no known message: {sorted(map(str, obj))}")
@@ -174,7 +176,13 @@ def decode_server_message(obj: Any) -> Greeting | Reply | ErrorReply:
 
 def _wire_type(obj: Any) -> str:
     names = {
-        type(None): "nil", bool: "a boolean", int: "an integer", float: "a float",
-        str: "a string", bytes: "binary", list: "an array", dict: "a map",
+        type(None): "nil",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        bytes: "binary",
+        list: "an array",
+        dict: "a map",
     }
     return names.get(type(obj), type(obj).__name__)

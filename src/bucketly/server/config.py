@@ -73,8 +73,9 @@ class ServerConfig:
         "start-up heap keeps the collector from re-walking them. 0 keeps Python's default.",
     )
     log_level: str = _option(
-        "info", "Logging level: debug, info, warning or error.", choices=("debug", "info",
-                                                                          "warning", "error")
+        "info",
+        "Logging level: debug, info, warning or error.",
+        choices=("debug", "info", "warning", "error"),
     )
 
     def replace(self, **changes: Any) -> ServerConfig:

@@ -34,6 +34,7 @@ from ..errors import (
     FrameTooLarge,
     InternalError,
     PermissionDenied,
+    ShuttingDown,
     UnencodableResult,
     UnknownBucket,
     UnknownOp,
@@ -85,7 +86,8 @@ class ServerConnection(asyncio.Protocol):
         if len(server.connections) >= server.config.max_connections:
             log.warning(
                 "refused connection from %s: already %d connections (--max-connections)",
-                self.peer, len(server.connections),
+                self.peer,
+                len(server.connections),
             )
             exc = ConnectionRefusedByServer(
                 f"the server has its maximum of {server.config.max_connections} connections; "
@@ -152,6 +154,8 @@ class ServerConnection(asyncio.Protocol):
 
     def _handle(self, request: Request) -> bytes | None:
         try:
+            if self.server.shutting_down:
+                raise ShuttingDown("the server is shutting down; reconnect to another or later")
             if request.op == "send":
                 return self._send(request)
             op = OPS.get(request.op)
@@ -190,13 +194,18 @@ class ServerConnection(asyncio.Protocol):
         name = args.get("bucket")
         if type(name) is not str:
             raise BadArgument("send: argument 'bucket' must be a string")
-        if not self._allowed.get(("send", name)) or self._grants_version != self.server.grants_version:
+        if (
+            not self._allowed.get(("send", name))
+            or self._grants_version != self.server.grants_version
+        ):
             self._require("send", name)
         bucket = self.server.buckets.get(name)
         if bucket is None:
             raise UnknownBucket(f"no bucket named {name!r}")
         events = args.get("events")
         if events is None:
+            if "events" in args:
+                raise BadArgument("send: argument 'events' must be an array")
             if "event" not in args:
                 raise BadArgument("send needs 'event' (one event) or 'events' (a batch)")
             events = [args["event"]]

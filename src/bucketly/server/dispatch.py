@@ -40,10 +40,10 @@ def _op(func: Impl) -> Impl:
 @_op
 def op_hello(conn: ServerConnection, args: dict[str, Any]) -> Any:
     version = args.get("protocol", PROTOCOL_VERSION)
+    if "client" in args:
+        conn.server.log.debug("client %s says it is %r", conn.peer, args["client"][:100])
     if version != PROTOCOL_VERSION:
-        raise BadArgument(
-            f"this server speaks bucketly protocol {PROTOCOL_VERSION}, not {version}"
-        )
+        raise BadArgument(f"this server speaks bucketly protocol {PROTOCOL_VERSION}, not {version}")
     return {
         "protocol": PROTOCOL_VERSION,
         "server": conn.server.name,
@@ -67,9 +67,11 @@ async def op_auth(conn: ServerConnection, args: dict[str, Any]) -> Any:
         conn.server.auth_executor, verify_password, row.password_hash if row else None, password
     )
     if not ok or row is None:
+        conn.user = None  # a failed login ends any earlier one on this connection
         conn.server.log.warning("failed login for user %r from %s", name[:100], conn.peer)
         raise AuthFailed("unknown user or wrong password")
     if row.default_password and not conn.loopback:
+        conn.user = None
         conn.server.log.warning(
             "refused login of %r with its default password from non-loopback %s", name, conn.peer
         )
@@ -157,7 +159,10 @@ async def op_create_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
     server.add_bucket(bucket)
     server.log.info(
         "user %r created bucket %r (handler %s%s)",
-        conn.user.name if conn.user else None, name, handler_name, ", durable" if durable else "",
+        conn.user.name if conn.user else None,
+        name,
+        handler_name,
+        ", durable" if durable else "",
     )
     return bucket.describe()
 

@@ -53,6 +53,8 @@ class Server:
         self._events_of_deleted = 0
         self._listener: asyncio.Server | None = None
         self._stop: asyncio.Event | None = None
+        #: Set once shutdown has begun: requests not yet read get ``shutting_down``.
+        self.shutting_down = False
         #: (host, port) actually bound, once listening.
         self.address: tuple[str, int] | None = None
 
@@ -61,17 +63,18 @@ class Server:
         asyncio.run(self.serve())
 
     def stop(self) -> None:
-        """Ask a running server to shut down (thread-safe from the loop only)."""
+        """Ask a running server to shut down. Call it from the server's event loop."""
         if self._stop is not None:
             self._stop.set()
 
     async def serve(self) -> None:
         self._stop = asyncio.Event()
-        await self.start()
         loop = asyncio.get_running_loop()
+        # Before start(): a signal that arrives as soon as "ready" is logged must find them.
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+        await self.start()
         try:
             await self._stop.wait()
         finally:
@@ -85,16 +88,27 @@ class Server:
         config = self.config
         self.handlers = load_handlers(config.bucket_handlers)
         log.info(
-            "loaded handlers module %s: %s", config.bucket_handlers, ", ".join(sorted(self.handlers))
+            "loaded handlers module %s: %s",
+            config.bucket_handlers,
+            ", ".join(sorted(self.handlers)),
         )
         loop = asyncio.get_running_loop()
+        # Bind first: a port in use fails the start before the database file is touched.
+        self._listener = await loop.create_server(
+            lambda: ServerConnection(self),
+            config.hostname,
+            config.port,
+            reuse_address=True,
+            start_serving=False,
+        )
         await loop.run_in_executor(None, self.db.open)
         log.info("opened database file %s", config.database)
         for user in self.db.users.values():
             if user.default_password:
                 log.warning(
                     "user %r still has its default password: change it (bucketly passwd), and "
-                    "it is only accepted from loopback addresses until you do", user.name,
+                    "it is only accepted from loopback addresses until you do",
+                    user.name,
                 )
         for row in self.db.buckets.values():
             bucket = Bucket(row, self.handlers.get(row.handler))
@@ -104,13 +118,13 @@ class Server:
         if self.buckets:
             log.info("restored %d bucket definitions", len(self.buckets))
         self._tune_gc()
-        self._listener = await loop.create_server(
-            lambda: ServerConnection(self), config.hostname, config.port, reuse_address=True
-        )
+        await self._listener.start_serving()
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
-        # Tests and supervisors wait for this exact line (bucketly.testing does).
-        log.info("bucketlyd ready on %s:%d", *self.address)
+        # Tests and supervisors wait for this exact line (bucketly.testing does), so it is
+        # logged even when --log-level hides ordinary information.
+        level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING
+        log.log(level, "bucketlyd ready on %s:%d", *self.address)
 
     def _tune_gc(self) -> None:
         if self.config.gc_threshold <= 0:
@@ -140,6 +154,7 @@ class Server:
         if busy:
             log.info("shutdown: finishing %d in-flight requests", len(busy))
             await asyncio.wait(busy, timeout=timeout)
+        self.shutting_down = True
         if self.connections:
             log.info("shutdown: closing %d connections", len(self.connections))
             for conn in list(self.connections):
@@ -148,9 +163,7 @@ class Server:
             log.info("shutdown: stopping scheduled jobs and running each a final time")
             try:
                 await asyncio.wait_for(
-                    asyncio.gather(
-                        *(b.stop_jobs(final_run=True) for b in self.buckets.values())
-                    ),
+                    asyncio.gather(*(b.stop_jobs(final_run=True) for b in self.buckets.values())),
                     timeout,
                 )
             except TimeoutError:

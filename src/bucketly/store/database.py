@@ -132,7 +132,8 @@ class Database:
             name, password = INITIAL_ADMIN
             with _transaction(conn):
                 conn.execute(
-                    "INSERT INTO users VALUES (?, ?, 1, ?)", (name, hash_password(password), time.time())
+                    "INSERT INTO users VALUES (?, ?, 1, ?)",
+                    (name, hash_password(password), time.time()),
                 )
                 conn.execute("INSERT INTO grants VALUES (?, '*', '*')", (name,))
             log.warning("created user %r with the default password; change it", name)
@@ -140,7 +141,9 @@ class Database:
     def _load(self, conn: sqlite3.Connection) -> None:
         self.buckets = {
             row[0]: BucketRow(row[0], row[1], unpack(row[2]), bool(row[3]), row[4])
-            for row in conn.execute("SELECT name, handler, config, durable, created_at FROM buckets")
+            for row in conn.execute(
+                "SELECT name, handler, config, durable, created_at FROM buckets"
+            )
         }
         self.users = {
             row[0]: UserRow(row[0], row[1], bool(row[2]), row[3])
@@ -148,7 +151,9 @@ class Database:
                 "SELECT name, password_hash, default_password, created_at FROM users"
             )
         }
-        for user, permission, pattern in conn.execute("SELECT user, permission, pattern FROM grants"):
+        for user, permission, pattern in conn.execute(
+            "SELECT user, permission, pattern FROM grants"
+        ):
             self.users[user].grants.add((permission, pattern))
 
     # -- writes ---------------------------------------------------------------------------------

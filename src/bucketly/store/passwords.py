@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import argon2
 
-__all__ = ["ARGON2_MEMORY_KIB", "ARGON2_PARALLELISM", "ARGON2_TIME_COST", "hash_password",
-           "needs_rehash", "verify_password"]
+__all__ = [
+    "ARGON2_MEMORY_KIB",
+    "ARGON2_PARALLELISM",
+    "ARGON2_TIME_COST",
+    "hash_password",
+    "needs_rehash",
+    "verify_password",
+]
 
 ARGON2_TIME_COST = 2
 ARGON2_MEMORY_KIB = 19 * 1024

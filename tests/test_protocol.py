@@ -1,0 +1,189 @@
+"""The sans-I/O codec: round trips, any chunking, and errors. No server, no sockets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bucketly.errors import BadArgument, FrameTooLarge
+from bucketly.protocol import (
+    OPS,
+    ClientProtocol,
+    ErrorReply,
+    FrameDecoder,
+    Greeting,
+    Reply,
+    Request,
+    ServerProtocol,
+    encode_frame,
+    encode_message,
+    pack,
+    unpack,
+    validate_args,
+)
+
+# MessagePack values that round-trip exactly (no float NaN: it never equals itself).
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=10) | st.integers(-100, 100), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+request_ids = st.integers(min_value=0, max_value=2**64 - 1)
+arg_maps = st.dictionaries(
+    st.text(max_size=10).filter(lambda k: k not in ("id", "op")), values, max_size=4
+)
+
+requests = st.builds(Request, request_ids, st.text(min_size=1, max_size=20), arg_maps)
+server_messages = (
+    st.builds(Greeting, st.integers(0, 10), st.text(max_size=20), st.just(("password",)))
+    | st.builds(Reply, request_ids, values)
+    | st.builds(
+        ErrorReply, request_ids | st.none(), st.text(max_size=20), st.text(max_size=40), values
+    )
+)
+
+
+@given(st.lists(requests, max_size=8), st.integers(min_value=1, max_value=64))
+def test_requests_round_trip_through_any_chunking(messages: list[Request], chunk: int) -> None:
+    stream = b"".join(encode_message(m) for m in messages)
+    server = ServerProtocol()
+    decoded = []
+    for start in range(0, len(stream), chunk):
+        server.receive_data(stream[start : start + chunk])
+        while (item := server.next_request()) is not None:
+            decoded.append(item)
+    assert decoded == messages
+    assert server.buffered == 0
+
+
+@given(st.lists(server_messages, max_size=8), st.integers(min_value=1, max_value=64))
+def test_server_messages_round_trip_through_any_chunking(messages: list[Any], chunk: int) -> None:
+    stream = b"".join(encode_message(m) for m in messages)
+    client = ClientProtocol()
+    decoded = []
+    for start in range(0, len(stream), chunk):
+        client.receive_data(stream[start : start + chunk])
+        while (item := client.next_event()) is not None:
+            decoded.append(item)
+    expected = [
+        ErrorReply(m.id, m.code, m.message, m.detail) if isinstance(m, ErrorReply) else m
+        for m in messages
+    ]
+    assert decoded == expected
+
+
+def test_every_cut_of_a_stream_decodes_the_same() -> None:
+    messages = [
+        Request(1, "ping"),
+        Request(2, "send", {"bucket": "b", "events": [1, "x", None]}),
+        Request(3, "view", {"bucket": "b", "view": "v", "args": {"a": [1.5]}}),
+    ]
+    stream = b"".join(encode_message(m) for m in messages)
+    for cut in range(len(stream) + 1):
+        server = ServerProtocol()
+        out = []
+        for part in (stream[:cut], stream[cut:]):
+            server.receive_data(part)
+            while (item := server.next_request()) is not None:
+                out.append(item)
+        assert out == messages, cut
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_garbage_never_escapes_as_anything_but_an_error_reply(body: bytes) -> None:
+    server = ServerProtocol(max_frame_size=1000)
+    server.receive_data(encode_frame(body))
+    item = server.next_request()
+    assert isinstance(item, (Request, ErrorReply))
+    if isinstance(item, ErrorReply):
+        assert item.code in ("bad_frame", "bad_request")
+
+
+def test_oversize_frame_is_refused_from_its_header() -> None:
+    decoder = FrameDecoder(max_frame_size=100)
+    decoder.receive_data((101).to_bytes(4, "big"))  # no body at all yet
+    with pytest.raises(FrameTooLarge, match="101 bytes"):
+        decoder.next_frame()
+
+
+def test_a_frame_at_the_limit_is_accepted() -> None:
+    decoder = FrameDecoder(max_frame_size=100)
+    decoder.receive_data(encode_frame(b"x" * 100))
+    assert decoder.next_frame() == b"x" * 100
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "request_id"),
+    [
+        (pack([1, 2]), "bad_request", None),
+        (pack({"op": "ping"}), "bad_request", None),
+        (pack({"id": -1, "op": "ping"}), "bad_request", None),
+        (pack({"id": True, "op": "ping"}), "bad_request", None),
+        (pack({"id": 7}), "bad_request", 7),
+        (pack({"id": 7, "op": 5}), "bad_request", 7),
+        (b"\xc1", "bad_frame", None),
+        (b"", "bad_frame", None),
+        (b"\xa2\xff\xfe", "bad_frame", None),  # invalid UTF-8 in a string
+        (b"\xd4\x01\x02", "bad_frame", None),  # extension types are not part of the protocol
+    ],
+)
+def test_unreadable_requests_become_error_replies(body: bytes, code: str, request_id: Any) -> None:
+    server = ServerProtocol()
+    server.receive_data(encode_frame(body) + encode_message(Request(8, "ping")))
+    error = server.next_request()
+    assert isinstance(error, ErrorReply)
+    assert (error.code, error.id) == (code, request_id)
+    assert server.next_request() == Request(8, "ping")  # the stream goes on
+
+
+def test_sets_are_sent_as_arrays() -> None:
+    assert sorted(unpack(pack({"s": {3, 1, 2}}))["s"]) == [1, 2, 3]
+
+
+def test_validate_args_checks_types_and_names() -> None:
+    view = OPS["view"]
+    validate_args(view, {"bucket": "b", "view": "v"})
+    with pytest.raises(BadArgument, match="missing argument 'view'"):
+        validate_args(view, {"bucket": "b"})
+    with pytest.raises(BadArgument, match="'bucket' must be of type str"):
+        validate_args(view, {"bucket": 1, "view": "v"})
+    with pytest.raises(BadArgument, match="unknown argument 'x'"):
+        validate_args(view, {"bucket": "b", "view": "v", "x": 1})
+    with pytest.raises(BadArgument, match="must be of type bool"):
+        validate_args(OPS["create_bucket"], {"bucket": "b", "handler": "h", "durable": 1})
+
+
+def test_protocol_package_does_no_io() -> None:
+    """bucketly.protocol imports with socket, asyncio and sqlite3 made unimportable."""
+    code = (
+        "import sys\n"
+        "for name in ('socket', 'asyncio', 'sqlite3', 'selectors', 'ssl'):\n"
+        "    sys.modules[name] = None\n"
+        "import bucketly.protocol\n"
+        "print('ok')\n"
+    )
+    # bucketly/__init__ pulls in the clients; import the subpackage on its own.
+    code = code.replace(
+        "import bucketly.protocol",
+        "import importlib.util, types\n"
+        "spec = importlib.util.find_spec('bucketly')\n"
+        "pkg = types.ModuleType('bucketly'); pkg.__path__ = spec.submodule_search_locations\n"
+        "sys.modules['bucketly'] = pkg\n"
+        "import bucketly.protocol",
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr
