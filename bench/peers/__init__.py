@@ -1,0 +1,1 @@
+"""The systems bucketly is measured against, and the ceilings of what Python can do here."""
