@@ -6,6 +6,8 @@ Start a server on it with::
         --hostname 127.0.0.1 --port 8484
 """
 
+from sys import intern
+
 import bucketly
 
 
@@ -17,16 +19,18 @@ class UniqueClicks(bucketly.Handler):
         self.users = {}
 
     def on_event(self, event):
-        self.users.setdefault(event["url"], set()).add(event["user"])
+        self.users.setdefault(event["url"], set()).add(intern(event["user"]))
 
     def on_events(self, events):
+        # One call per batch, and one string object per distinct user (intern): the same
+        # user in many URLs' sets then costs a set slot each, not a string each.
         users = self.users
         for event in events:
             url = event["url"]
             seen = users.get(url)
             if seen is None:
                 seen = users[url] = set()
-            seen.add(event["user"])
+            seen.add(intern(event["user"]))
 
     @bucketly.view
     def count(self, url):
