@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bucketly.errors import BadArgument, FrameTooLarge
@@ -187,3 +187,81 @@ def test_protocol_package_does_no_io() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+# -- fuzzing the server's side of the codec ------------------------------------------------------
+#
+# Bounded (a few seconds in CI). A failure hypothesis finds is shrunk to a small example and kept
+# in its database (.hypothesis/); copy it into an ``@example(...)`` below so that it runs forever
+# after as a regression test.
+
+_valid_frames = st.builds(
+    lambda rid, op, args: encode_message(Request(rid, op, args)),
+    request_ids,
+    st.sampled_from(sorted(OPS)) | st.text(max_size=8),
+    arg_maps,
+)
+_garbage_frames = st.binary(max_size=64).map(encode_frame)
+_headers = st.integers(min_value=0, max_value=2**32 - 1).map(lambda n: n.to_bytes(4, "big"))
+_pieces = st.lists(
+    _valid_frames | _garbage_frames | _headers | st.binary(max_size=32), max_size=12
+)
+
+
+@settings(max_examples=400, deadline=None)
+@example(pieces=[b"\x00\x00\x00\x00"], cuts=[1])
+@example(pieces=[b"\x00\x00\x00\x03\xdd\xff\xff"], cuts=[2, 3])
+@example(pieces=[encode_frame(b"\x82\xa2id\x01\xa2op\xa2\xff\xfe")], cuts=[5])
+@given(_pieces, st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=10))
+def test_any_byte_stream_in_any_chunks_yields_requests_or_error_replies(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(pieces)
+    server = ServerProtocol(max_frame_size=4096)
+    position, turn = 0, 0
+    while position < len(stream):
+        size = cuts[turn % len(cuts)]
+        server.receive_data(stream[position : position + size])
+        position += size
+        turn += 1
+        try:
+            while (item := server.next_request()) is not None:
+                assert type(item) in (Request, ErrorReply), item
+                if isinstance(item, Request):
+                    assert type(item.id) is int and 0 <= item.id < 2**64
+                    assert type(item.op) is str and isinstance(item.args, dict)
+                    if item.op in OPS:
+                        _validate_or_bad_argument(item)
+                else:
+                    assert item.code in ("bad_frame", "bad_request")
+        except FrameTooLarge:
+            return  # the connection is closed: nothing after it counts
+    assert server.buffered <= len(stream)
+
+
+def _validate_or_bad_argument(request: Request) -> None:
+    try:
+        validate_args(OPS[request.op], request.args)
+    except BadArgument as exc:
+        assert len(exc.message) < 500
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(sorted(OPS)), st.dictionaries(st.text(max_size=10) | st.integers(),
+                                                     values, max_size=5))
+def test_validate_args_only_ever_raises_bad_argument(name: str, args: dict[Any, Any]) -> None:
+    try:
+        validate_args(OPS[name], args)
+    except BadArgument:
+        pass
+
+
+def test_no_op_argument_shadows_the_envelope() -> None:
+    """Regression: an argument named ``id`` overwrote the request's id (revoke_token hung)."""
+    for op in OPS.values():
+        assert not {arg.name for arg in op.args} & {"id", "op"}, op.name
+    from bucketly.protocol import Op
+    from bucketly.protocol.ops import Arg
+
+    with pytest.raises(ValueError):
+        Op("x", "shadows the id", (Arg("id", "int"),), scope="authenticated")

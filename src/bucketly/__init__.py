@@ -19,9 +19,12 @@ from .errors import (
     PermissionDenied,
     RequestError,
     StorageError,
+    TooManyAttempts,
     UnknownBucket,
     UnknownHandler,
+    UnknownUser,
     UnknownView,
+    UserExists,
 )
 from .handlers import Handler, Job, every, view
 
@@ -41,9 +44,12 @@ __all__ = [
     "PermissionDenied",
     "RequestError",
     "StorageError",
+    "TooManyAttempts",
     "UnknownBucket",
     "UnknownHandler",
+    "UnknownUser",
     "UnknownView",
+    "UserExists",
     "__version__",
     "every",
     "view",

@@ -7,14 +7,18 @@ follows, and the client turns a wire code back into the same class::
     BucketlyError                    base of everything bucketly raises
     ├── ProtocolError                the peer broke the protocol (bad frame, bad message)
     │   ├── FrameTooLarge            a frame's length header is over the limit
-    │   └── BadFrame                 a frame's body is not one valid MessagePack value
+    │   ├── BadFrame                 a frame's body is not one valid MessagePack value
+    │   └── LimitExceeded            the peer broke a connection limit (timeouts, pre-auth budget)
     ├── RequestError                 the server refused one request; the connection goes on
     │   ├── BadRequest               not a well-formed request (not a map, no id, no op)
     │   ├── UnknownOp                no such op
     │   ├── BadArgument              an argument is missing or has the wrong type or value
     │   ├── AuthRequired             the op needs authentication first
     │   ├── AuthFailed               unknown user or wrong password (the same error for both)
+    │   │   └── TooManyAttempts      too many failed logins: wait ``detail["retry_after"]`` s
     │   ├── PermissionDenied         authenticated, but not allowed to do this
+    │   ├── UnknownUser              no user with that name
+    │   ├── UserExists               a user with that name exists already
     │   ├── UnknownBucket            no bucket with that name
     │   ├── BucketExists             a bucket with that name exists already
     │   ├── UnknownHandler           the handlers module defines no such handler
@@ -27,7 +31,8 @@ follows, and the client turns a wire code back into the same class::
     ├── InternalError                a bug in bucketly; the server logged it
     ├── BucketlyConnectionError      the client could not reach the server, or lost it
     │   └── ConnectionLost           lost while requests were in flight (see ``unacknowledged``)
-    └── HandlersError                the handlers module could not be loaded (server start-up)
+    ├── HandlersError                the handlers module could not be loaded (server start-up)
+    └── ConfigError                  the server's settings are unusable (e.g. TLS files)
 
 ``ProtocolError`` and its children mean the peer misbehaved; ``RequestError`` means one request
 was refused and the connection is fine; ``BucketlyConnectionError`` is about the network, and
@@ -47,22 +52,27 @@ __all__ = [
     "BucketExists",
     "BucketlyConnectionError",
     "BucketlyError",
+    "ConfigError",
     "ConnectionLost",
     "ConnectionRefusedByServer",
     "FrameTooLarge",
     "HandlerError",
     "HandlersError",
     "InternalError",
+    "LimitExceeded",
     "PermissionDenied",
     "ProtocolError",
     "RequestError",
     "ShuttingDown",
     "StorageError",
+    "TooManyAttempts",
     "UnencodableResult",
     "UnknownBucket",
     "UnknownHandler",
     "UnknownOp",
+    "UnknownUser",
     "UnknownView",
+    "UserExists",
     "error_class_for_code",
 ]
 
@@ -104,6 +114,16 @@ class BadFrame(ProtocolError):
     code = "bad_frame"
 
 
+class LimitExceeded(ProtocolError):
+    """The peer broke a limit of the connection; the server closes it.
+
+    ``detail["limit"]`` names the limit: ``pre_auth_bytes``, ``pre_auth_frames``,
+    ``auth_timeout`` or ``frame_timeout`` (each a bucketlyd option of the same name).
+    """
+
+    code = "limit_exceeded"
+
+
 class RequestError(BucketlyError):
     """The server refused one request; the connection carries on."""
 
@@ -143,11 +163,33 @@ class AuthFailed(RequestError):
     exit_code = 3
 
 
+class TooManyAttempts(AuthFailed):
+    """Too many failed logins for this user or from this address: refused without checking.
+
+    ``detail["retry_after"]`` is the number of seconds to wait. The right password works again
+    once that time has passed.
+    """
+
+    code = "too_many_attempts"
+
+
 class PermissionDenied(RequestError):
     """The user is authenticated but holds no permission for this."""
 
     code = "permission_denied"
     exit_code = 3
+
+
+class UnknownUser(RequestError):
+    """No user has that name."""
+
+    code = "unknown_user"
+
+
+class UserExists(RequestError):
+    """A user with that name exists already."""
+
+    code = "user_exists"
 
 
 class UnknownBucket(RequestError):
@@ -245,6 +287,13 @@ class HandlersError(BucketlyError):
     exit_code = 2
 
 
+class ConfigError(BucketlyError):
+    """The server's settings cannot be used (e.g. an unreadable TLS certificate)."""
+
+    code = "config_error"
+    exit_code = 2
+
+
 def _all_subclasses(cls: type[BucketlyError]) -> list[type[BucketlyError]]:
     result = []
     for sub in cls.__subclasses__():
@@ -264,7 +313,7 @@ for _cls in _all_subclasses(BucketlyError):
 WIRE_CODES: dict[str, type[BucketlyError]] = {
     code: cls
     for code, cls in _CLASS_FOR_CODE.items()
-    if code not in ("connection_error", "connection_lost", "handlers_error")
+    if code not in ("connection_error", "connection_lost", "handlers_error", "config_error")
 }
 
 

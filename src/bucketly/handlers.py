@@ -152,15 +152,22 @@ class Handler:
         return self.snapshot()
 
     def snapshot(self) -> Any:
-        """Return the state to save for a durable bucket.
+        """Return the state to save for a durable bucket (called serialized, encoded at once).
 
         The default is a copy of the instance's attributes (except ``config``), which suits
-        handlers whose state is plain data. Override it with ``restore`` for anything else.
+        handlers whose state is plain data: None, bools, numbers, str, bytes, lists, tuples,
+        dicts, sets, frozensets, Counter, deque and defaultdict (of int, float, str, list, dict,
+        set or Counter), nested in any way; they come back with their types. Override it, with
+        ``restore``, for anything else (docs/handlers.md).
         """
         return {k: copy.copy(v) for k, v in vars(self).items() if k != "config"}
 
     def restore(self, state: Any) -> None:
-        """Rebuild the state from what ``snapshot`` returned (the default sets attributes)."""
+        """Rebuild the state from what ``snapshot`` returned (the default sets attributes).
+
+        Called at start-up on a fresh instance (``__init__(config)`` has run), before the
+        events logged after the snapshot are replayed through ``on_event``/``on_events``.
+        """
         for key, value in state.items():
             setattr(self, key, value)
 

@@ -16,11 +16,14 @@ import logging
 import time
 import traceback
 from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadArgument, HandlerError, UnknownHandler, UnknownView
 from ..handlers import HandlerInfo, Job, JobSpec
 from ..store import BucketRow
+
+if TYPE_CHECKING:
+    from .durability import BucketLog
 
 __all__ = ["Bucket", "JobRunner"]
 
@@ -51,6 +54,13 @@ class Bucket:
         #: Why the bucket cannot take requests (its handler is gone or failed to start).
         self.broken: str | None = None
         self.jobs: dict[str, JobRunner] = {}
+        #: Where the durable log stands; None while the bucket is not durable (durability.py).
+        self.log: BucketLog | None = None
+        #: The last sequence number applied per producer (client), to recognise resends: the
+        #: producers heard from in this retention period, and in the one before.
+        self.producers: dict[str, int] = {}
+        self.retired_producers: dict[str, int] = {}
+        self.producers_rotated_at = time.monotonic()
         if info is None:
             self.broken = (
                 f"bucket {row.name!r} uses handler {row.handler!r}, which the handlers module "
@@ -81,6 +91,35 @@ class Bucket:
     def check(self) -> None:
         if self.broken is not None:
             raise UnknownHandler(self.broken)
+
+    # -- resends ------------------------------------------------------------------------------
+
+    def seen(self, producer: str, seq: int) -> bool:
+        """Whether batch ``seq`` of ``producer`` was applied already (a resend)."""
+        last = self.producers.get(producer)
+        if last is None:
+            last = self.retired_producers.get(producer, -1)
+        return seq <= last
+
+    def accept(self, producer: str, seq: int) -> bool:
+        """Note batch ``seq`` of ``producer`` as applied; False if it was already (a resend)."""
+        if self.seen(producer, seq):
+            return False
+        self.producers[producer] = seq
+        return True
+
+    def rotate_producers(self, now: float) -> None:
+        """Forget producers silent for a whole retention period (called once per period)."""
+        self.retired_producers = self.producers
+        self.producers = {}
+        self.producers_rotated_at = now
+
+    def producer_table(self) -> dict[str, int]:
+        return {**self.retired_producers, **self.producers}
+
+    def restore_producers(self, table: dict[str, int]) -> None:
+        self.producers = dict(table)
+        self.retired_producers = {}
 
     def apply(self, events: list[Any]) -> None:
         """Apply a batch of events in order. Raises ``HandlerError`` if the handler raised."""

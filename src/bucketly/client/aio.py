@@ -1,13 +1,15 @@
 """``AsyncClient``: the asyncio client, with the same methods as ``Client`` (awaited).
 
 One reader task reads replies and settles the future of the request each belongs to; batches of
-buffered sends are pipelined exactly as in the sync client (see ``bucketly.client.sync``).
+buffered sends are pipelined, and resent after a broken connection, exactly as in the sync client
+(see ``bucketly.client.sync``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Any
 
 from ..errors import (
@@ -24,7 +26,11 @@ from .common import (
     DEFAULT_LINGER,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_TIMEOUT,
+    Batch,
+    Resends,
+    auth_args,
     check_greeting,
+    client_ssl_context,
     send_failure,
 )
 
@@ -37,8 +43,9 @@ class AsyncClient(Commands):
     """An asyncio connection to a bucketlyd server.
 
     ``async with AsyncClient(host, port, user=..., password=...) as client:`` connects and
-    authenticates; every command is awaited (``await client.send(...)``, ``await
-    client.flush()``, ``await client.view(...)``). Not safe to share between event loops.
+    authenticates (or ``token=...``; ``tls=`` as for ``Client``); every command is awaited
+    (``await client.send(...)``, ``await client.flush()``, ``await client.view(...)``). Not safe
+    to share between event loops.
     """
 
     def __init__(
@@ -48,6 +55,8 @@ class AsyncClient(Commands):
         user: str | None = None,
         password: str | None = None,
         *,
+        token: str | None = None,
+        tls: ssl.SSLContext | bool | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         linger: float = DEFAULT_LINGER,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
@@ -57,6 +66,8 @@ class AsyncClient(Commands):
         self.port = port
         self.user = user
         self._password = password
+        self._auth = auth_args(user, password, token)
+        self._ssl_context = client_ssl_context(tls)
         self.batch_size = batch_size
         self.linger = linger
         self.max_in_flight = max_in_flight
@@ -66,7 +77,8 @@ class AsyncClient(Commands):
         self._protocol: ClientProtocol | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiters: dict[int, asyncio.Future[Any]] = {}
-        self._in_flight: dict[int, tuple[str, list[Any]]] = {}
+        self._in_flight: dict[int, Batch] = {}
+        self._resends = Resends()
         self._batch_bucket: str | None = None
         self._batch: list[Any] = []
         self._linger_handle: asyncio.TimerHandle | None = None
@@ -98,7 +110,8 @@ class AsyncClient(Commands):
                 raise BucketlyConnectionError("the client is closed")
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self.timeout
+                    asyncio.open_connection(self.host, self.port, ssl=self._ssl_context),
+                    self.timeout,
                 )
             except (OSError, TimeoutError) as exc:
                 raise BucketlyConnectionError(
@@ -116,10 +129,16 @@ class AsyncClient(Commands):
             self._reader, self._writer, self._protocol = reader, writer, protocol
             self._lost = None
             self._reader_task = asyncio.get_running_loop().create_task(self._read_replies())
-            if self.user is not None:
-                self.session = await self._request(
-                    "auth", {"user": self.user, "password": self._password or ""}
-                )
+            if self._auth is not None:
+                try:
+                    self.session = await self._request("auth", self._auth)
+                except BaseException:
+                    await self._disconnect()  # a refused login leaves no connection behind
+                    raise
+            # What was in flight when the last connection broke goes first, in order.
+            while self._resends.kept and self._writer is not None:
+                self._write(self._resends.kept.pop(0))
+                await self._drain()
 
     async def _read_greeting(
         self, reader: asyncio.StreamReader, protocol: ClientProtocol
@@ -138,12 +157,28 @@ class AsyncClient(Commands):
             protocol.receive_data(data)
 
     async def close(self) -> None:
-        """Flush what is buffered, wait for its acknowledgement, and close. Idempotent."""
+        """Flush what is buffered, wait for its acknowledgement, and close. Idempotent.
+
+        If the server cannot be reached, raises ``ConnectionLost`` whose ``unacknowledged``
+        lists every event not acknowledged: still buffered, or kept for resending (those may
+        have been applied).
+        """
         if self._closed:
             return
         try:
-            if self._writer is not None or self._batch:
+            if self._writer is not None or self._batch or self._resends.kept:
                 await self.flush()
+        except BucketlyConnectionError as exc:
+            left = self._resends.abandon((self._batch_bucket, self._batch))
+            self._batch = []
+            if isinstance(exc, ConnectionLost):
+                left = exc.unacknowledged + left
+            if left:
+                raise ConnectionLost(
+                    f"closed without delivering {sum(len(e) for _, e in left)} events: {exc}",
+                    unacknowledged=left,
+                ) from exc
+            raise
         finally:
             self._closed = True
             await self._disconnect()
@@ -190,6 +225,9 @@ class AsyncClient(Commands):
         """Write everything buffered; return once all of it is acknowledged (see ``Client``)."""
         if self._batch:
             await self._write_batch()
+        elif self._resends.kept:
+            self._raise_lost()
+            await self._ensure_connected()  # which resends them
         waiters = [self._waiters[i] for i in self._in_flight if i in self._waiters]
         if waiters:
             await asyncio.wait(waiters)
@@ -216,17 +254,20 @@ class AsyncClient(Commands):
             self._linger_handle = None
         bucket = self._batch_bucket
         assert bucket is not None
-        assert self._protocol is not None and self._writer is not None
-        request_id, data = self._protocol.send_request("send", {"bucket": bucket, "events": events})
-        self._in_flight[request_id] = (bucket, events)
-        self._waiters[request_id] = asyncio.get_running_loop().create_future()
-        self._writer.write(data)
+        self._write(self._resends.new_batch(bucket, events))
         await self._drain()
         if len(self._in_flight) > self.max_in_flight:
             oldest = self._waiters.get(next(iter(self._in_flight)))
             if oldest is not None:
                 await asyncio.wait([oldest])
         self._raise_lost()
+
+    def _write(self, batch: Batch) -> None:
+        assert self._protocol is not None and self._writer is not None
+        request_id, data = self._protocol.send_request("send", self._resends.args(batch))
+        self._in_flight[request_id] = batch
+        self._waiters[request_id] = asyncio.get_running_loop().create_future()
+        self._writer.write(data)
 
     def _arm_linger(self) -> None:
         if self._linger_handle is None:
@@ -243,7 +284,10 @@ class AsyncClient(Commands):
 
     def _linger_done(self, task: asyncio.Task[None]) -> None:
         exc = task.exception() if not task.cancelled() else None
-        if isinstance(exc, BucketlyError):
+        # A lost connection that lost nothing is reported by the next call, not as a failure.
+        if isinstance(exc, BucketlyError) and not (
+            isinstance(exc, ConnectionLost) and not exc.unacknowledged
+        ):
             self._failures.append(exc)
 
     # -- requests -----------------------------------------------------------------------------
@@ -306,7 +350,9 @@ class AsyncClient(Commands):
                         raise message.to_exception()
                     batch = self._in_flight.pop(message.id, None)
                     if batch is not None and isinstance(message, ErrorReply):
-                        self._failures.append(send_failure(message, *batch))
+                        self._failures.append(
+                            send_failure(message, batch.bucket, batch.events)
+                        )
                     future = self._waiters.pop(message.id, None)
                     if future is not None and not future.done():
                         future.set_result(message)
@@ -319,23 +365,14 @@ class AsyncClient(Commands):
         await self._disconnect()
 
     def _lose(self, cause: BaseException | None) -> None:
-        """The connection is gone: report in-flight batches, fail every waiting request."""
-        unacknowledged = list(self._in_flight.values())
+        """The connection is gone: keep in-flight batches to resend, fail waiting requests."""
+        in_flight = list(self._in_flight.values())
         self._in_flight.clear()
-        reason = f": {cause}" if cause else ": the server closed the connection"
-        lost = ConnectionLost(
-            f"lost the connection to {self.host}:{self.port}{reason}"
-            + (
-                f"; {sum(len(e) for _, e in unacknowledged)} events were not acknowledged"
-                if unacknowledged
-                else ""
-            ),
-            unacknowledged=unacknowledged,
-        )
+        lost = self._resends.lost(in_flight, f"{self.host}:{self.port}", cause)
         if self._lost is None:
             self._lost = lost
         else:
-            self._lost.unacknowledged.extend(unacknowledged)
+            self._lost.unacknowledged.extend(lost.unacknowledged)
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(lost)

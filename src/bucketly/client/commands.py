@@ -51,6 +51,17 @@ class Commands:
             args["config"] = config
         return self._call("create_bucket", args)
 
+    def configure_bucket(self, name: str, *, durable: bool | None = None) -> Any:
+        """Change bucket ``name``'s settings; returns its info (needs ``configure``).
+
+        ``durable=True`` snapshots the bucket's state and logs every later send to disk before
+        acknowledging it; ``durable=False`` drops its log (docs/durability.md).
+        """
+        args: dict[str, Any] = {"bucket": name}
+        if durable is not None:
+            args["durable"] = durable
+        return self._call("configure_bucket", args)
+
     def delete_bucket(self, name: str) -> Any:
         """Delete bucket ``name``: its definition and its state."""
         return self._call("delete_bucket", {"bucket": name})
@@ -80,3 +91,63 @@ class Commands:
     def stats(self) -> Any:
         """Server statistics: connections, events, per-bucket counters and job status."""
         return self._call("stats", {})
+
+    # -- users, permissions, tokens, audit ------------------------------------------------------
+
+    def create_user(self, name: str, password: str) -> Any:
+        """Create user ``name`` with ``password`` and no permissions (needs ``users.manage``).
+
+        A new user can do nothing until granted permissions: call ``grant`` next.
+        Raises ``UserExists``, or ``BadArgument`` for an invalid name or password.
+        """
+        return self._call("create_user", {"user": name, "password": password})
+
+    def delete_user(self, name: str) -> Any:
+        """Delete user ``name`` with their grants and tokens; their connections lose access."""
+        return self._call("delete_user", {"user": name})
+
+    def users(self) -> Any:
+        """List the users: maps of user, created_at, must_change_password and tokens (a count)."""
+        return self._call("list_users", {})
+
+    def set_password(self, name: str, password: str) -> Any:
+        """Set the password of user ``name`` (needs ``users.manage``; no old password needed)."""
+        return self._call("set_password", {"user": name, "password": password})
+
+    def grant(self, user: str, permission: str, pattern: str = "*") -> Any:
+        """Grant ``user`` a ``permission`` on the buckets matching ``pattern`` (a glob).
+
+        Per-bucket permissions: send, view, dump, configure, delete, buckets.create;
+        server-wide (pattern ``*`` only): stats, users.manage, grants.manage, audit.read; ``*``
+        is all of them. You can only grant what you hold yourself.
+        """
+        return self._call("grant", {"user": user, "permission": permission, "pattern": pattern})
+
+    def revoke(self, user: str, permission: str, pattern: str = "*") -> Any:
+        """Revoke the grant of ``permission`` on exactly ``pattern`` from ``user``."""
+        return self._call("revoke", {"user": user, "permission": permission, "pattern": pattern})
+
+    def permissions(self, user: str) -> Any:
+        """The grants of ``user``: maps of ``permission`` and ``pattern``."""
+        return self._call("permissions", {"user": user})
+
+    def create_token(self, name: str | None = None) -> Any:
+        """Create an API token for yourself; returns ``{"token", "id", "name", "created_at"}``.
+
+        The token is shown only this once: store it, then connect with ``token=...`` instead of
+        a user and password. Revoke it with ``revoke_token(id)``.
+        """
+        args: dict[str, Any] = {} if name is None else {"name": name}
+        return self._call("create_token", args)
+
+    def tokens(self, user: str | None = None) -> Any:
+        """List your API tokens (or, with ``users.manage``, ``user``'s): ids and names only."""
+        return self._call("list_tokens", {} if user is None else {"user": user})
+
+    def revoke_token(self, id: int) -> Any:
+        """Revoke the API token ``id``; connections it authenticated lose their access."""
+        return self._call("revoke_token", {"token_id": id})
+
+    def audit(self, limit: int = 100) -> Any:
+        """The newest ``limit`` audit entries, newest first (needs ``audit.read``)."""
+        return self._call("audit", {"limit": limit})

@@ -7,13 +7,19 @@ Batches are pipelined: the client does not wait for each acknowledgement, it kee
 ``_in_flight`` until the server's reply arrives, reading replies as it goes and blocking only
 when more than ``max_in_flight`` batches await theirs. ``flush()`` waits for all of them.
 
-If the connection breaks, the batches still in flight are handed to you in ``ConnectionLost``
-(their events may or may not have been applied); the next call reconnects.
+Every batch carries the client's producer id and a sequence number. If the connection breaks,
+the call that finds out raises ``ConnectionLost``; the batches that were in flight are kept, and
+the next call reconnects and writes them again before anything else. The server recognises the
+batches it had applied already and acknowledges them without applying them twice. A batch is
+handed to you (``ConnectionLost.unacknowledged``) only when it was in flight on ``RESEND_LIMIT +
+1`` broken connections, or when ``close()`` cannot deliver it.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -33,7 +39,11 @@ from .common import (
     DEFAULT_LINGER,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_TIMEOUT,
+    Batch,
+    Resends,
+    auth_args,
     check_greeting,
+    client_ssl_context,
     send_failure,
 )
 
@@ -45,9 +55,12 @@ _READ_SIZE = 256 * 1024
 class Client(Commands):
     """A connection to a bucketlyd server.
 
-    ``Client(host, port, user=..., password=...)`` connects and authenticates at once. Use it as
-    a context manager, or call ``close()``. ``send()`` is buffered: call ``flush()`` to know that
-    everything sent so far has been acknowledged.
+    ``Client(host, port, user=..., password=...)`` connects and authenticates at once; so does
+    ``Client(host, port, token=...)`` with an API token (see ``create_token``). ``tls=True``
+    connects with TLS, verifying the server against the system's CAs; pass an
+    ``ssl.SSLContext`` for your own CA or a client certificate. Use it as a context manager, or
+    call ``close()``. ``send()`` is buffered: call ``flush()`` to know that everything sent so
+    far has been acknowledged.
     """
 
     def __init__(
@@ -57,6 +70,8 @@ class Client(Commands):
         user: str | None = None,
         password: str | None = None,
         *,
+        token: str | None = None,
+        tls: ssl.SSLContext | bool | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         linger: float = DEFAULT_LINGER,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
@@ -67,6 +82,8 @@ class Client(Commands):
         self.port = port
         self.user = user
         self._password = password
+        self._auth = auth_args(user, password, token)
+        self._ssl_context = client_ssl_context(tls)
         self.batch_size = batch_size
         self.linger = linger
         self.max_in_flight = max_in_flight
@@ -77,7 +94,8 @@ class Client(Commands):
         self._batch_bucket: str | None = None
         self._batch: list[Any] = []
         self._batch_started = 0.0
-        self._in_flight: dict[int, tuple[str, list[Any]]] = {}
+        self._in_flight: dict[int, Batch] = {}
+        self._resends = Resends()
         self._failures: list[BucketlyError] = []
         self._closed = False
         self._linger_wakeup = threading.Condition(self._lock)
@@ -103,6 +121,14 @@ class Client(Commands):
                     f"cannot connect to bucketlyd at {self.host}:{self.port}: {exc.strerror or exc}"
                 ) from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl_context is not None:
+                try:
+                    sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
+                except OSError as exc:  # ssl.SSLError included
+                    sock.close()
+                    raise BucketlyConnectionError(
+                        f"TLS with bucketlyd at {self.host}:{self.port} failed: {exc}"
+                    ) from None
             self._sock = sock
             self._protocol = ClientProtocol(max_frame_size=CLIENT_MAX_FRAME_SIZE)
             try:
@@ -112,23 +138,40 @@ class Client(Commands):
                 if not isinstance(greeting, Greeting):
                     raise ProtocolError("the server did not greet first")
                 check_greeting(greeting)
-                if self.user is not None:
-                    self.session = self._request(
-                        "auth", {"user": self.user, "password": self._password or ""}
-                    )
+                if self._auth is not None:
+                    self.session = self._request("auth", self._auth)
+                # What was in flight when the last connection broke goes first, in order.
+                while self._resends.kept:
+                    self._write(self._resends.kept.pop(0))
             except BaseException:
                 self._drop_socket()
                 raise
             self._linger_wakeup.notify_all()  # a batch may be waiting for this connection
 
     def close(self) -> None:
-        """Flush what is buffered, wait for its acknowledgement, and close. Idempotent."""
+        """Flush what is buffered, wait for its acknowledgement, and close. Idempotent.
+
+        If the server cannot be reached, raises ``ConnectionLost`` whose ``unacknowledged``
+        lists every event not acknowledged: still buffered, or kept for resending (those may
+        have been applied).
+        """
         with self._lock:
             if self._closed:
                 return
             try:
-                if self._sock is not None or self._batch:
+                if self._sock is not None or self._batch or self._resends.kept:
                     self.flush()
+            except BucketlyConnectionError as exc:
+                left = self._resends.abandon((self._batch_bucket, self._batch))
+                self._batch = []
+                if isinstance(exc, ConnectionLost):
+                    left = exc.unacknowledged + left
+                if left:
+                    raise ConnectionLost(
+                        f"closed without delivering {sum(len(e) for _, e in left)} events: {exc}",
+                        unacknowledged=left,
+                    ) from exc
+                raise
             finally:
                 self._closed = True
                 self._drop_socket()
@@ -187,6 +230,8 @@ class Client(Commands):
         with self._lock:
             if self._batch:
                 self._write_batch()
+            elif self._resends.kept:
+                self._ensure_connected()  # which resends them
             while self._in_flight:
                 self._read_one()
             self._raise_failures()
@@ -200,9 +245,12 @@ class Client(Commands):
             events, self._batch = self._batch[:size], self._batch[size:]
         bucket = self._batch_bucket
         assert bucket is not None
+        self._write(self._resends.new_batch(bucket, events))
+
+    def _write(self, batch: Batch) -> None:
         assert self._protocol is not None
-        request_id, data = self._protocol.send_request("send", {"bucket": bucket, "events": events})
-        self._in_flight[request_id] = (bucket, events)
+        request_id, data = self._protocol.send_request("send", self._resends.args(batch))
+        self._in_flight[request_id] = batch
         self._sendall(data)
         while len(self._in_flight) > self.max_in_flight:
             self._read_one()
@@ -239,7 +287,7 @@ class Client(Commands):
             raise exc
         batch = self._in_flight.pop(message.id, None)
         if batch is not None and isinstance(message, ErrorReply):
-            self._failures.append(send_failure(message, *batch))
+            self._failures.append(send_failure(message, batch.bucket, batch.events))
         return message
 
     def _next_message(self) -> Greeting | Reply | ErrorReply:
@@ -273,20 +321,10 @@ class Client(Commands):
             self.connect()
 
     def _connection_lost(self, cause: BaseException | None) -> Any:
-        unacknowledged = list(self._in_flight.values())
+        in_flight = list(self._in_flight.values())
         self._in_flight.clear()
         self._drop_socket()
-        reason = f": {cause}" if cause else ": the server closed the connection"
-        lost = ConnectionLost(
-            f"lost the connection to {self.host}:{self.port}{reason}"
-            + (
-                f"; {sum(len(e) for _, e in unacknowledged)} events were not acknowledged"
-                if unacknowledged
-                else ""
-            ),
-            unacknowledged=unacknowledged,
-        )
-        raise lost from cause
+        raise self._resends.lost(in_flight, f"{self.host}:{self.port}", cause) from cause
 
     def _drop_socket(self) -> None:
         if self._sock is not None:
@@ -317,6 +355,9 @@ class Client(Commands):
             self._linger_wakeup.notify()
 
     def _linger_loop(self) -> None:
+        # Leave Ctrl-C to the main thread, where KeyboardInterrupt can interrupt the user's call.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         with self._lock:
             while not self._closed:
                 if not self._batch:
@@ -335,6 +376,8 @@ class Client(Commands):
                     self._write_batch()
                 except BucketlyError as exc:
                     # Nobody to raise to on this thread: the next flush() raises it. Wait for
-                    # the user's next call rather than retry in a tight loop.
-                    self._failures.append(exc)
+                    # the user's next call rather than retry in a tight loop. A lost connection
+                    # that lost nothing is not an error: that call reconnects and resends.
+                    if not (isinstance(exc, ConnectionLost) and not exc.unacknowledged):
+                        self._failures.append(exc)
                     self._linger_wakeup.wait()

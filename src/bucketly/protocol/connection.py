@@ -25,7 +25,11 @@ from .messages import (
     unpack,
 )
 
-__all__ = ["ClientProtocol", "ServerProtocol"]
+__all__ = ["MAX_ERROR_MESSAGE", "ClientProtocol", "ServerProtocol"]
+
+#: Longest error message the server sends, in characters. Messages quote what the client sent
+#: (names, arguments); the cap keeps a hostile request from being echoed back at full size.
+MAX_ERROR_MESSAGE = 2000
 
 
 class ServerProtocol:
@@ -45,6 +49,15 @@ class ServerProtocol:
     def buffered(self) -> int:
         """Bytes of a started, unfinished frame."""
         return self._decoder.buffered
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame accepted from now on (the server lowers it before authentication)."""
+        return self._decoder.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._decoder.max_frame_size = value
 
     def next_request(self) -> Request | ErrorReply | None:
         """Return the next request, an ``ErrorReply`` to send for an unreadable one, or ``None``.
@@ -69,8 +82,13 @@ class ServerProtocol:
         return encode_message(Reply(request_id, result))
 
     def error(self, request_id: int | None, exc: BucketlyError) -> bytes:
-        """Bytes of an error reply for ``exc``."""
-        return encode_message(ErrorReply.from_exception(request_id, exc))
+        """Bytes of an error reply for ``exc`` (its message cut to ``MAX_ERROR_MESSAGE``)."""
+        reply = ErrorReply.from_exception(request_id, exc)
+        if len(reply.message) > MAX_ERROR_MESSAGE:
+            reply = ErrorReply(
+                reply.id, reply.code, reply.message[:MAX_ERROR_MESSAGE] + "...", reply.detail
+            )
+        return encode_message(reply)
 
 
 class ClientProtocol:

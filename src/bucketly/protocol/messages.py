@@ -66,7 +66,7 @@ class Greeting:
 
     protocol: int
     server: str
-    auth: tuple[str, ...] = ("password",)
+    auth: tuple[str, ...] = ("password", "token")
 
     def to_wire(self) -> dict[str, Any]:
         return {"bucketly": self.protocol, "server": self.server, "auth": list(self.auth)}

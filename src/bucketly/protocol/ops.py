@@ -2,21 +2,47 @@
 
 The server dispatches on this table, checks arguments and permissions from it, and the docs test
 checks that docs/protocol.md has an entry for each op. Adding an op means adding it here first.
+
+Every op declares who may call it (``scope``, a required argument) and, unless any authenticated
+user may, the one permission it needs. ``PERMISSIONS`` is the single list of permission names:
+a grant of any other name is refused, and an op declaring one fails at import.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import BadArgument
 
-__all__ = ["BUCKET_NAME_RE", "OPS", "Arg", "Op", "check_bucket_name", "validate_args"]
+__all__ = [
+    "BUCKET_NAME_RE",
+    "MAX_BUCKET_NAME_LENGTH",
+    "OPS",
+    "PATTERN_RE",
+    "PERMISSIONS",
+    "USER_NAME_RE",
+    "Arg",
+    "Op",
+    "Permission",
+    "check_bucket_name",
+    "check_grant",
+    "check_user_name",
+    "pattern_covers",
+    "validate_args",
+]
 
 #: Bucket names: 1 to 200 characters of letters, digits and ``_ . : -``, starting with a letter
 #: or digit, so that they are safe in logs, file names and permission patterns.
 BUCKET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}")
+MAX_BUCKET_NAME_LENGTH = 200
+#: User names: 1 to 64 letters, digits and ``_ . @ -``, starting with a letter or digit.
+USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
+MAX_USER_NAME_LENGTH = 64
+#: Bucket-name patterns of grants: bucket-name characters plus the glob characters ``* ? [ ] !``.
+PATTERN_RE = re.compile(r"[A-Za-z0-9_.:\-*?\[\]!]{1,200}")
+_GLOB_CHARS = frozenset("*?[]!")
 
 ArgType = Literal["str", "int", "bool", "map", "array", "any"]
 
@@ -27,6 +53,40 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "map": (dict,),
     "array": (list,),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """A permission name. ``bucket`` ones are granted on bucket-name patterns; ``server`` ones
+    are server-wide, granted on the pattern ``*`` only."""
+
+    name: str
+    kind: Literal["bucket", "server"]
+    doc: str
+
+
+#: Every permission there is. ``*`` in a grant stands for all of them.
+PERMISSIONS: dict[str, Permission] = {
+    p.name: p
+    for p in [
+        Permission("send", "bucket", "send events to the bucket"),
+        Permission("view", "bucket", "call the bucket's views and see its description"),
+        Permission("dump", "bucket", "dump the bucket's whole state"),
+        Permission("configure", "bucket", "change the bucket's settings"),
+        Permission("delete", "bucket", "delete the bucket"),
+        Permission("buckets.create", "bucket", "create buckets whose name matches the pattern"),
+        Permission("stats", "server", "read the server's statistics"),
+        Permission(
+            "users.manage",
+            "server",
+            "create, list and delete users, set their passwords, list and revoke their tokens",
+        ),
+        Permission("grants.manage", "server", "grant and revoke permissions, show a user's"),
+        Permission("audit.read", "server", "read the audit trail"),
+    ]
+}
+
+Scope = Literal["none", "authenticated", "server", "bucket"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +104,38 @@ class Op:
     name: str
     summary: str
     args: tuple[Arg, ...] = ()
-    #: ``"none"``: allowed before authentication; ``"authenticated"``: any logged-in user;
-    #: ``"server"``: needs the server-wide ``permission``; ``"bucket"``: needs ``permission``
-    #: on the bucket named by the ``bucket`` argument.
-    scope: Literal["none", "authenticated", "server", "bucket"] = "authenticated"
+    #: Required. ``"none"``: allowed before authentication; ``"authenticated"``: any logged-in
+    #: user; ``"server"``: needs the server-wide ``permission``; ``"bucket"``: needs
+    #: ``permission`` on the bucket named by the ``bucket`` argument.
+    scope: Scope = field(kw_only=True)
     permission: str | None = None
+    #: For ops on one's own account (tokens): the permission needed to act on another user's.
+    permission_for_others: str | None = None
     result: str = "nil"
+
+    def __post_init__(self) -> None:
+        # A wrong declaration is a bug in bucketly: fail at import, not on the first request.
+        if any(arg.name in ("id", "op") for arg in self.args):
+            raise ValueError(f"op {self.name}: 'id' and 'op' are the request's own keys")
+        if self.scope in ("server", "bucket"):
+            permission = PERMISSIONS.get(self.permission or "")
+            if permission is None or permission.kind != self.scope:
+                raise ValueError(f"op {self.name}: scope {self.scope} needs a {self.scope} "
+                                 f"permission from PERMISSIONS, not {self.permission!r}")
+        elif self.scope in ("none", "authenticated"):
+            if self.permission is not None:
+                raise ValueError(f"op {self.name}: scope {self.scope} takes no permission")
+        else:
+            raise ValueError(f"op {self.name}: unknown scope {self.scope!r}")
+        if self.permission_for_others is not None and (
+            PERMISSIONS.get(self.permission_for_others) is None
+            or PERMISSIONS[self.permission_for_others].kind != "server"
+        ):
+            raise ValueError(f"op {self.name}: unknown permission_for_others")
 
 
 _BUCKET = Arg("bucket", "str", doc="the bucket's name")
+_USER = Arg("user", "str", doc="the user's name")
 
 OPS: dict[str, Op] = {
     op.name: op
@@ -69,8 +152,12 @@ OPS: dict[str, Op] = {
         ),
         Op(
             "auth",
-            "Authenticate the connection with a user name and password.",
-            (Arg("user", "str"), Arg("password", "str")),
+            "Authenticate the connection with a user name and password, or with an API token.",
+            (
+                Arg("user", "str", False, "the user's name (with `password`)"),
+                Arg("password", "str", False, "the user's password (with `user`)"),
+                Arg("token", "str", False, "an API token, instead of `user` and `password`"),
+            ),
             scope="none",
             result='map: {"user", "must_change_password"}',
         ),
@@ -88,10 +175,12 @@ OPS: dict[str, Op] = {
                 Arg("event", "any", False, "one event (any value); give `event` or `events`"),
                 Arg("events", "array", False, "a batch of events, applied in order"),
                 Arg("ack", "bool", False, "false: no reply on success (errors still come back)"),
+                Arg("producer", "str", False, "the sender's id, to recognise resends (with `seq`)"),
+                Arg("seq", "int", False, "this batch's number from `producer`, increasing"),
             ),
             scope="bucket",
             permission="send",
-            result='map: {"accepted": <int>}',
+            result='map: {"accepted": <int>, "duplicate"?: true}',
         ),
         Op(
             "view",
@@ -122,13 +211,14 @@ OPS: dict[str, Op] = {
                 Arg("config", "map", False, "passed to the handler's __init__ (default {})"),
                 Arg("durable", "bool", False, "keep acknowledged events through crashes"),
             ),
-            scope="server",
+            scope="bucket",
             permission="buckets.create",
             result="map: bucket info",
         ),
         Op(
             "list_buckets",
             "List the buckets the user holds any permission on.",
+            scope="authenticated",
             result="array of bucket info maps",
         ),
         Op(
@@ -137,6 +227,17 @@ OPS: dict[str, Op] = {
             (_BUCKET,),
             scope="bucket",
             permission="view",
+            result="map: bucket info",
+        ),
+        Op(
+            "configure_bucket",
+            "Change a bucket's settings: whether it is durable.",
+            (
+                _BUCKET,
+                Arg("durable", "bool", False, "make the bucket durable (true) or not (false)"),
+            ),
+            scope="bucket",
+            permission="configure",
             result="map: bucket info",
         ),
         Op(
@@ -150,17 +251,20 @@ OPS: dict[str, Op] = {
         Op(
             "list_handlers",
             "List the handlers the server's handlers module defines.",
+            scope="authenticated",
             result='array of maps: {"name", "doc", "views", "jobs"}',
         ),
         Op(
             "whoami",
             "Return the authenticated user and their permissions.",
+            scope="authenticated",
             result='map: {"user", "permissions", "must_change_password"}',
         ),
         Op(
             "change_password",
             "Change the authenticated user's own password.",
             (Arg("old_password", "str"), Arg("new_password", "str")),
+            scope="authenticated",
             result="nil",
         ),
         Op(
@@ -169,6 +273,100 @@ OPS: dict[str, Op] = {
             scope="server",
             permission="stats",
             result="map",
+        ),
+        Op(
+            "create_user",
+            "Create a user with a password and no permissions.",
+            (_USER, Arg("password", "str", doc="the new user's password")),
+            scope="server",
+            permission="users.manage",
+            result="nil",
+        ),
+        Op(
+            "delete_user",
+            "Delete a user, their grants and their tokens.",
+            (_USER,),
+            scope="server",
+            permission="users.manage",
+            result="nil",
+        ),
+        Op(
+            "list_users",
+            "List the users.",
+            scope="server",
+            permission="users.manage",
+            result='array of maps: {"user", "created_at", "must_change_password", "tokens"}',
+        ),
+        Op(
+            "set_password",
+            "Set another user's password (no old password needed).",
+            (_USER, Arg("password", "str", doc="the new password")),
+            scope="server",
+            permission="users.manage",
+            result="nil",
+        ),
+        Op(
+            "grant",
+            "Grant a user a permission on the buckets matching a pattern.",
+            (
+                _USER,
+                Arg("permission", "str", doc="a permission name, or `*` for all"),
+                Arg("pattern", "str", False, "bucket-name pattern (default `*`)"),
+            ),
+            scope="server",
+            permission="grants.manage",
+            result="nil",
+        ),
+        Op(
+            "revoke",
+            "Revoke a grant made with `grant` (the same permission and pattern).",
+            (
+                _USER,
+                Arg("permission", "str", doc="the permission name of the grant"),
+                Arg("pattern", "str", False, "the pattern of the grant (default `*`)"),
+            ),
+            scope="server",
+            permission="grants.manage",
+            result="nil",
+        ),
+        Op(
+            "permissions",
+            "Show a user's grants.",
+            (_USER,),
+            scope="server",
+            permission="grants.manage",
+            result='array of maps: {"permission", "pattern"}',
+        ),
+        Op(
+            "create_token",
+            "Create an API token for the authenticated user; the token is shown only this once.",
+            (Arg("name", "str", False, "a name to recognise the token by"),),
+            scope="authenticated",
+            result='map: {"token", "id", "name", "created_at"}',
+        ),
+        Op(
+            "list_tokens",
+            "List a user's API tokens (never the tokens themselves).",
+            (Arg("user", "str", False, "whose tokens (default: your own)"),),
+            scope="authenticated",
+            permission_for_others="users.manage",
+            result='array of maps: {"id", "user", "name", "created_at"}',
+        ),
+        Op(
+            "revoke_token",
+            "Revoke an API token: connections it authenticated lose their access.",
+            (Arg("token_id", "int", doc="the token's id (`id` in `list_tokens`)"),),
+            scope="authenticated",
+            permission_for_others="users.manage",
+            result="nil",
+        ),
+        Op(
+            "audit",
+            "Read the audit trail: failed logins, permission denials, user and grant changes.",
+            (Arg("limit", "int", False, "most entries to return, newest first (default 100)"),),
+            scope="server",
+            permission="audit.read",
+            result="array of audit entry maps",
         ),
     ]
 }
@@ -179,7 +377,7 @@ def validate_args(op: Op, args: dict[str, Any]) -> None:
     known = {arg.name for arg in op.args}
     for name in args:
         if name not in known:
-            raise BadArgument(f"{op.name}: unknown argument {name!r}")
+            raise BadArgument(f"{op.name}: unknown argument {_short(name)}")
     for arg in op.args:
         if arg.name not in args:
             if arg.required:
@@ -204,3 +402,48 @@ def check_bucket_name(name: str) -> None:
             f"invalid bucket name {name[:50]!r}: use 1 to 200 letters, digits, '_', '.', ':' "
             "or '-', starting with a letter or digit"
         )
+
+
+def check_user_name(name: str) -> None:
+    if not USER_NAME_RE.fullmatch(name):
+        raise BadArgument(
+            f"invalid user name {name[:50]!r}: use 1 to 64 letters, digits, '_', '.', '@' or "
+            "'-', starting with a letter or digit"
+        )
+
+
+def check_grant(permission: str, pattern: str) -> None:
+    """Raise ``BadArgument`` unless ``(permission, pattern)`` is a grant that can exist."""
+    if permission != "*" and permission not in PERMISSIONS:
+        raise BadArgument(
+            f"unknown permission {permission[:50]!r}; permissions: "
+            f"{', '.join(PERMISSIONS)}, or * for all"
+        )
+    if not PATTERN_RE.fullmatch(pattern):
+        raise BadArgument(
+            f"invalid pattern {pattern[:50]!r}: 1 to 200 bucket-name characters and * ? [ ] !"
+        )
+    if permission in PERMISSIONS and PERMISSIONS[permission].kind == "server" and pattern != "*":
+        raise BadArgument(f"{permission} is server-wide: grant it on the pattern '*'")
+
+
+def pattern_covers(outer: str, inner: str) -> bool:
+    """Whether every bucket name matching ``inner`` surely matches ``outer``.
+
+    Deliberately conservative (used so that nobody grants more than they hold): true only when
+    the patterns are equal, ``outer`` is ``*``, or ``outer`` is a plain prefix followed by ``*``
+    (``clicks.*``) and ``inner`` starts with that prefix.
+    """
+    if outer == "*" or outer == inner:
+        return True
+    prefix = outer[:-1]
+    return (
+        outer.endswith("*")
+        and not _GLOB_CHARS.intersection(prefix)
+        and inner.startswith(prefix)
+    )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

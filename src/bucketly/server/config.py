@@ -46,6 +46,20 @@ class ServerConfig:
         "listen on every interface.",
     )
     port: int = _option(DEFAULT_PORT, "TCP port to listen on (0: any free port).")
+    tls_cert: str | None = _option(
+        None,
+        "PEM file with the server's TLS certificate (and chain). With --tls-key, clients must "
+        "connect with TLS. Without TLS, passwords and tokens cross the network in clear.",
+    )
+    tls_key: str | None = _option(
+        None,
+        "PEM file with the private key of --tls-cert (if not in the same file).",
+    )
+    tls_client_ca: str | None = _option(
+        None,
+        "PEM file of the CA(s) that sign client certificates. Given, every client must present "
+        "a certificate signed by one of them before it can say anything (needs --tls-cert).",
+    )
     max_frame_size: int = _option(
         DEFAULT_MAX_FRAME_SIZE,
         "Largest frame a client may send, in bytes; checked from the length header before the "
@@ -56,6 +70,46 @@ class ServerConfig:
         "Most client connections at once. One more is sent a too_many_connections error and "
         "closed. Keep it below the process's open-file limit.",
     )
+    auth_free_failures: int = _option(
+        5,
+        "Failed logins allowed per user name and per client address before logins there are "
+        "refused (too_many_attempts) without checking the password, for a window that starts "
+        "at 1 second and doubles with each further failure.",
+    )
+    auth_max_delay: float = _option(
+        60.0,
+        "The longest such window, in seconds: the right password always works again after at "
+        "most this long.",
+    )
+    auth_timeout: float = _option(
+        10.0,
+        "Seconds a connection may stay unauthenticated (from connecting, or from losing its "
+        "login). Then it gets a limit_exceeded error and is closed. Also the TLS handshake "
+        "timeout.",
+    )
+    frame_timeout: float = _option(
+        60.0,
+        "Seconds within which a frame, once its first byte has arrived, must be complete; "
+        "slower (slowloris) clients get a limit_exceeded error and are closed. Allow for your "
+        "largest frame over your slowest link.",
+    )
+    pre_auth_bytes: int = _option(
+        64 * 1024,
+        "Bytes a client may send before it is authenticated (frames before auth are also "
+        "limited to this size). Beyond it, the connection gets a limit_exceeded error and is "
+        "closed; while an auth is in progress, the server stops reading instead.",
+    )
+    pre_auth_frames: int = _option(
+        16,
+        "Frames a client may send before it is authenticated (hello, ping, failed auths, "
+        "garbage). The next one gets a limit_exceeded error and the connection is closed.",
+    )
+    max_write_buffer: int = _option(
+        64 * 1024 * 1024,
+        "Bytes of replies the server holds for a client that does not read them. A reply is "
+        "queued only while less than this is waiting (so one large dump always fits); past it, "
+        "that client alone is disconnected, and its unsent replies dropped.",
+    )
     shutdown_timeout: float = _option(
         30.0,
         "Seconds that shutdown (SIGTERM / SIGINT) waits for in-flight requests and for the "
@@ -65,6 +119,24 @@ class ServerConfig:
         4,
         "Worker threads for the slow part of scheduled jobs (e.g. writing to PostgreSQL). A "
         "job waiting on I/O holds one; ingestion never waits for them.",
+    )
+    snapshot_events: int = _option(
+        1_000_000,
+        "Events logged to a durable bucket after which its state is snapshotted and its log "
+        "compacted. A restart replays at most this many events per bucket (about 1.5 s for a "
+        "million small ones, see docs/durability.md); each snapshot encodes the whole state, "
+        "pausing the server for as long as that takes.",
+    )
+    snapshot_seconds: float = _option(
+        300.0,
+        "Seconds after which a durable bucket that has logged any event since its last "
+        "snapshot is snapshotted anyway, so that a slow bucket's log does not linger.",
+    )
+    producer_retention: float = _option(
+        3600.0,
+        "Seconds a bucket remembers a client (producer) that has stopped sending, to recognise "
+        "its resends after a reconnect (kept at least this long, at most twice). A client that "
+        "resends later than this can have a batch counted twice.",
     )
     gc_threshold: int = _option(
         50_000,

@@ -12,9 +12,33 @@ untouched, and when the task finishes its reply is written and the buffered fram
 So replies always come back in request order, and a request always sees the effect of every
 request sent before it on the same connection (a view after a send sees the send).
 
+Sends to durable buckets are pipelined. Such a send is queued on the durable log and the
+connection becomes busy with a *pipeline* (``_drain_pipeline``): while the log writes, the
+connection goes on reading, and further sends to durable buckets join the pipeline (up to
+``MAX_PIPELINED_SENDS``), so that they share the next commit. The first request of any other
+kind is *held*: it waits, with everything after it, until every send before it is on disk and
+applied. The replies of the pipeline are written in order as their commits complete.
+
 Flow control: while busy with a large backlog, or while the transport's write buffer is over its
 high-water mark (a client that does not read its replies), the connection stops reading from the
-socket, so neither side can make the server buffer without bound.
+socket, so neither side can make the server buffer without bound. A client that does not read
+while its replies pile up past ``--max-write-buffer`` is disconnected (``_queue_or_drop``).
+Fairness: a connection handles at most ``FRAMES_PER_TURN`` frames, then stops reading and lets
+the event loop serve the others before it goes on (``_yield_turn``), so a flood of tiny frames on
+one connection costs the others a fraction of a millisecond, not the time of the whole read.
+
+Limits, each a ``ServerConfig`` option. Before authentication a connection may send at most
+``pre_auth_bytes`` bytes and ``pre_auth_frames`` frames, and no frame larger than the byte budget
+(checked from its header); it must authenticate within ``auth_timeout``. A frame, once started,
+must be complete within ``frame_timeout``. Timeouts cost no timer per connection or per frame:
+the connection notes when it began waiting, and the server's sweep calls ``check_timeouts``
+about once a second. Breaking a limit gets a ``limit_exceeded`` error (``detail.limit`` names
+it), an audit entry, and the connection closed.
+
+Authentication state changes only in ``log_in`` and ``log_out``. Grants, users and tokens can
+change under a live connection: every change bumps ``server.grants_version``, and a connection
+that sees a new version drops its cached decisions and re-checks that its user (and token) still
+exist before it does anything else.
 """
 
 from __future__ import annotations
@@ -23,9 +47,12 @@ import asyncio
 import fnmatch
 import ipaddress
 import logging
+import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ..buckets.durability import MAX_PRODUCER_LENGTH, MAX_PRODUCER_SEQ
 from ..errors import (
     AuthRequired,
     BadArgument,
@@ -33,6 +60,7 @@ from ..errors import (
     ConnectionRefusedByServer,
     FrameTooLarge,
     InternalError,
+    LimitExceeded,
     PermissionDenied,
     ShuttingDown,
     UnencodableResult,
@@ -41,6 +69,7 @@ from ..errors import (
 )
 from ..protocol import OPS, ErrorReply, Op, ServerProtocol, encode_message, validate_args
 from ..protocol.messages import Request
+from ..protocol.ops import MAX_BUCKET_NAME_LENGTH, PERMISSIONS
 
 if TYPE_CHECKING:
     from ..buckets import Bucket
@@ -51,22 +80,67 @@ __all__ = ["ServerConnection"]
 
 log = logging.getLogger("bucketly.server")
 
-_SEND_KEYS = frozenset(("bucket", "events", "event", "ack"))
+_SEND_KEYS = frozenset(("bucket", "events", "event", "ack", "producer", "seq"))
+#: Sends to durable buckets one connection may have waiting for their commit before it stops
+#: reading more: the client's own pipelining (32 batches by default) fits, and a client that
+#: never reads its replies cannot make the server hold an unbounded number of batches.
+MAX_PIPELINED_SENDS = 64
+#: Frames one connection handles before the event loop turns to the others: a client that
+#: pipelines thousands of tiny frames in one read must not hold up everybody's replies for as
+#: long as they take. Batches of real events (hundreds per frame) never meet it.
+FRAMES_PER_TURN = 64
+#: Permission decisions cached per connection; the cache is emptied when it reaches this size,
+#: so a client naming millions of buckets cannot grow it.
+MAX_CACHED_DECISIONS = 1024
+#: Seconds a closed connection may take to flush its last replies before it is cut: a peer that
+#: does not read must not keep a closing connection, and its buffer, forever.
+CLOSE_GRACE = 5.0
+#: Permissions that give sight of a bucket in ``list_buckets``.
+_BUCKET_PERMISSIONS = frozenset(
+    ["*", *(name for name, p in PERMISSIONS.items() if p.kind == "bucket")]
+)
+
+
+def _too_long(name: str) -> BadArgument:
+    return BadArgument(
+        f"bucket name of {len(name)} characters: bucket names have at most "
+        f"{MAX_BUCKET_NAME_LENGTH}"
+    )
 
 
 class ServerConnection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.protocol = ServerProtocol(max_frame_size=server.config.max_frame_size)
+        config = server.config
+        self.protocol = ServerProtocol(
+            max_frame_size=min(config.max_frame_size, config.pre_auth_bytes)
+        )
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        #: The client's IP address (no port): what throttling and the audit trail record.
+        self.peer_host = "?"
         self.loopback = False
         self.user: UserRow | None = None
+        #: The id of the API token this connection logged in with, if it did.
+        self.token_id: int | None = None
         self.closed = False
+        self._lost = False
+        self._unauthenticated_since = time.monotonic()
+        self._pre_auth_bytes = 0
+        self._pre_auth_frames = 0
+        #: When the unfinished frame at the end of the buffer began to arrive (None: no such).
+        self._frame_started: float | None = None
         #: The task of the async request in progress; later requests wait for it.
         self.busy: asyncio.Task[None] | None = None
+        #: Durable sends waiting for their commit ``(id, future, ack)``, in order, and the
+        #: replies queued behind them; None when there are none (``_pipeline_send``).
+        self._pipeline: deque[bytes | tuple[int, asyncio.Future[Any], bool]] | None = None
+        #: A request read while pipelining that must wait for the pipeline (``_pipeline_more``).
+        self._held: Request | ErrorReply | None = None
         self._reading_paused = False
         self._writing_paused = False
+        #: A turn was yielded (``_yield_turn``): reading stays paused until it is taken.
+        self._yielded = False
         self._allowed: dict[tuple[str, str | None], bool] = {}
         self._grants_version = -1
 
@@ -78,13 +152,20 @@ class ServerConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.peer_host = str(peer[0])
             try:
-                self.loopback = ipaddress.ip_address(peer[0]).is_loopback
+                address = ipaddress.ip_address(peer[0])
             except ValueError:
-                self.loopback = False
+                pass
+            else:
+                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                    address = address.ipv4_mapped  # an IPv4 client of a dual-stack listener
+                    self.peer_host = str(address)
+                self.loopback = address.is_loopback
         server = self.server
         if len(server.connections) >= server.config.max_connections:
-            log.warning(
+            server.audit.warn(
+                "max_connections",
                 "refused connection from %s: already %d connections (--max-connections)",
                 self.peer,
                 len(server.connections),
@@ -103,14 +184,42 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._lost = True
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        config = self.server.config
         self.protocol.receive_data(data)
+        if self.user is None:
+            self._received_before_auth(len(data))
+            if self.busy is None:
+                return
+        elif self.busy is None:
+            self._process()
+            return
+        if self._pipeline is not None:
+            self._pipeline_more()
+        if self.protocol.buffered > (
+            config.max_frame_size if self.user is not None else config.pre_auth_bytes
+        ):
+            self._pause_reading()
+
+    def _received_before_auth(self, size: int) -> None:
+        self._pre_auth_bytes += size
         if self.busy is None:
             self._process()
-        elif self.protocol.buffered > self.server.config.max_frame_size:
-            self._pause_reading()
+        # Checked after processing: requests pipelined right behind an auth are fine (the
+        # connection is busy with the auth, and stops reading instead).
+        budget = self.server.config.pre_auth_bytes
+        if (
+            self._pre_auth_bytes > budget
+            and self.user is None
+            and self.busy is None
+            and not self.closed
+        ):
+            self.limit_exceeded(
+                "pre_auth_bytes", f"more than {budget} bytes sent before authentication"
+            )
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -129,28 +238,86 @@ class ServerConnection(asyncio.Protocol):
             return
         protocol = self.protocol
         out: list[bytes] = []
+        transport = self.transport
+        queued = transport.get_write_buffer_size() if transport is not None else 0
+        handled = 0
         try:
             while self.busy is None:
-                request = protocol.next_request()
+                if handled == FRAMES_PER_TURN:
+                    self._yield_turn()
+                    break
+                request: Request | ErrorReply | None
+                if self._held is not None:
+                    request, self._held = self._held, None
+                else:
+                    request = protocol.next_request()
                 if request is None:
                     break
-                if type(request) is ErrorReply:
-                    out.append(encode_message(request))
-                    continue
-                reply = self._handle(request)  # type: ignore[arg-type]
-                if reply is not None:
-                    out.append(reply)
+                handled += 1
+                if self.user is None:
+                    self._pre_auth_frames += 1
+                    limit = self.server.config.pre_auth_frames
+                    if self._pre_auth_frames > limit:
+                        self._write(out)
+                        self.limit_exceeded(
+                            "pre_auth_frames", f"more than {limit} frames before authentication"
+                        )
+                        return
+                if type(request) is Request:
+                    handled_reply = self._handle(request)
+                    if handled_reply is None:
+                        continue
+                    reply = handled_reply
+                else:
+                    reply = encode_message(request)
+                if queued > self.server.config.max_write_buffer:
+                    self._drop_slow_reader(queued)
+                    return
+                out.append(reply)
+                queued += len(reply)
         except FrameTooLarge as exc:
-            log.warning("closing connection from %s: %s", self.peer, exc)
+            self.server.audit.warn(
+                "frame_too_large", "closing connection from %s: %s", self.peer, exc
+            )
             out.append(protocol.error(None, exc))
             self._write(out)
             self.close()
             return
         self._write(out)
+        if protocol.buffered:
+            if handled or self._frame_started is None:
+                self._frame_started = time.monotonic()
+        else:
+            self._frame_started = None
+
+    def _yield_turn(self) -> None:
+        """Let other connections in before handling the rest of this one's buffer."""
+        self._yielded = True
+        self._pause_reading()
+        asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._yielded = False
+        if self.closed or self.busy is not None:
+            return  # the busy task resumes reading and processing when it is done
+        self._process()
+        if not self._yielded and self.busy is None and not self._writing_paused:
+            self._resume_reading()
 
     def _write(self, out: list[bytes]) -> None:
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(out)
+
+    def _queue_or_drop(self, reply: bytes) -> None:
+        """Write one reply, unless the client already lets too much pile up: then drop it."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        queued = transport.get_write_buffer_size()
+        if queued > self.server.config.max_write_buffer:
+            self._drop_slow_reader(queued)
+        else:
+            transport.write(reply)
 
     def _handle(self, request: Request) -> bytes | None:
         try:
@@ -158,6 +325,8 @@ class ServerConnection(asyncio.Protocol):
                 raise ShuttingDown("the server is shutting down; reconnect to another or later")
             if request.op == "send":
                 return self._send(request)
+            if self._grants_version != self.server.grants_version:
+                self._refresh()
             op = OPS.get(request.op)
             if op is None:
                 raise UnknownOp(f"unknown op {request.op[:100]!r}")
@@ -198,7 +367,7 @@ class ServerConnection(asyncio.Protocol):
             not self._allowed.get(("send", name))
             or self._grants_version != self.server.grants_version
         ):
-            self._require("send", name)
+            self._require("send", name, "send")
         bucket = self.server.buckets.get(name)
         if bucket is None:
             raise UnknownBucket(f"no bucket named {name!r}")
@@ -217,6 +386,24 @@ class ServerConnection(asyncio.Protocol):
         if type(ack) is not bool:
             raise BadArgument("send: argument 'ack' must be a boolean")
         bucket.check()
+        producer = args.get("producer")
+        seq = None
+        if producer is not None or "seq" in args:
+            producer, seq = _check_producer(producer, args.get("seq"))
+            # A resend of a batch applied already is acknowledged, not applied again. (A
+            # durable bucket notes a batch as applied when its commit is done, not here.)
+            if not (bucket.accept(producer, seq) if bucket.log is None
+                    else not bucket.seen(producer, seq)):
+                if ack:
+                    return self.protocol.reply(
+                        request.id, {"accepted": len(events), "duplicate": True}
+                    )
+                return None
+        if bucket.log is not None:
+            # Durable: applied and acknowledged once on disk; see _pipeline_send.
+            future = self.server.durable.append(bucket, events, producer, seq)
+            self._pipeline_send(request.id, future, ack)
+            return None
         bucket.apply(events)
         if ack:
             return self.protocol.reply(request.id, {"accepted": len(events)})
@@ -234,48 +421,194 @@ class ServerConnection(asyncio.Protocol):
         except Exception:
             log.exception("internal error handling %s from %s", request.op, self.peer)
             reply = self.protocol.error(request.id, InternalError("internal server error"))
-        self._write([reply])
+        self._queue_or_drop(reply)
         self.busy = None
         if not self._writing_paused:
             self._resume_reading()
         self._process()
 
+    # -- durable sends: the pipeline -------------------------------------------------------
+
+    def _pipeline_send(self, request_id: int, future: asyncio.Future[Any], ack: bool) -> None:
+        if self._pipeline is None:
+            self._pipeline = deque()
+            self.busy = asyncio.get_running_loop().create_task(self._drain_pipeline())
+        self._pipeline.append((request_id, future, ack))
+
+    def _pipelines(self, request: Request | ErrorReply) -> bool:
+        """Whether ``request`` may join the pipeline: a send to a durable bucket."""
+        if type(request) is not Request or request.op != "send":
+            return False
+        name = request.args.get("bucket")
+        bucket = self.server.buckets.get(name) if type(name) is str else None
+        return bucket is not None and bucket.log is not None
+
+    def _pipeline_more(self) -> None:
+        """Take the sends to durable buckets that follow in the buffer into the pipeline."""
+        pipeline = self._pipeline
+        assert pipeline is not None
+        protocol = self.protocol
+        while self._held is None and len(pipeline) < MAX_PIPELINED_SENDS and not self.closed:
+            try:
+                request = protocol.next_request()
+            except FrameTooLarge:
+                return  # _process meets it again once the pipeline is done, and closes
+            if request is None:
+                return
+            if not self._pipelines(request):
+                self._held = request
+                return
+            reply = self._handle(request)  # type: ignore[arg-type]
+            if reply is not None:  # an error, or a resend applied already: in its place
+                pipeline.append(reply)
+
+    async def _drain_pipeline(self) -> None:
+        try:
+            await self._write_pipeline_replies()
+        except Exception:
+            log.exception("internal error in the durable sends of %s; closing it", self.peer)
+            self.close()
+        self._pipeline = None
+        self.busy = None
+        if not self._writing_paused:
+            self._resume_reading()
+        self._process()
+
+    async def _write_pipeline_replies(self) -> None:
+        """Write the pipeline's replies in order, as commits complete, until it is empty."""
+        pipeline = self._pipeline
+        assert pipeline is not None
+        self._pipeline_more()  # what came in the same read as the first durable send
+        limit = self.server.config.max_frame_size
+        while pipeline:
+            head = pipeline[0]
+            if type(head) is tuple:
+                try:
+                    await asyncio.shield(head[1])  # shared with a resend that may wait too
+                except Exception:
+                    pass  # its error is the reply, below
+            out = []
+            while pipeline:
+                item = pipeline[0]
+                if type(item) is not tuple:
+                    out.append(pipeline.popleft())
+                    continue
+                request_id, future, ack = item
+                if not future.done():
+                    break
+                pipeline.popleft()
+                exc = future.exception() if not future.cancelled() else InternalError("cancelled")
+                if exc is None:
+                    if ack:
+                        out.append(self.protocol.reply(request_id, future.result()))
+                elif isinstance(exc, BucketlyError):
+                    out.append(self.protocol.error(request_id, exc))
+                else:
+                    log.error("internal error in a durable send from %s", self.peer,
+                              exc_info=exc)
+                    out.append(self.protocol.error(request_id, InternalError("internal error")))
+            if out:
+                self._queue_or_drop(b"".join(out))  # type: ignore[arg-type]
+            self._pipeline_more()
+            if self.protocol.buffered <= limit and not self._writing_paused:
+                self._resume_reading()
+
     # -- permissions ------------------------------------------------------------------------
 
     def _authorize(self, op: Op, args: dict[str, Any]) -> None:
+        if op.permission_for_others is not None:
+            other = args.get("user")
+            if other is not None and self.user is not None and other != self.user.name:
+                self.require(op.permission_for_others, None, op.name)
         if op.permission is None:
             return
-        bucket = args.get("bucket") if op.scope == "bucket" or "bucket" in args else None
-        self._require(op.permission, bucket)
+        bucket = None
+        if op.scope == "bucket":
+            bucket = args["bucket"]
+            if len(bucket) > MAX_BUCKET_NAME_LENGTH:
+                raise _too_long(bucket)
+        self.require(op.permission, bucket, op.name)
 
     def allowed(self, permission: str, bucket: str | None = None) -> bool:
         """Whether the user holds ``permission`` (on ``bucket``, when it is per-bucket)."""
         if self._grants_version != self.server.grants_version:
-            self._allowed.clear()
-            self._grants_version = self.server.grants_version
+            self._refresh()
+        user = self.user
+        if user is None:
+            return False
         key = (permission, bucket)
         cached = self._allowed.get(key)
         if cached is None:
-            cached = self._allowed[key] = self.user is not None and any(
+            if len(self._allowed) >= MAX_CACHED_DECISIONS:
+                self._allowed.clear()
+            cached = self._allowed[key] = any(
                 (granted == "*" or granted == permission)
                 and (bucket is None or fnmatch.fnmatchcase(bucket, pattern))
-                for granted, pattern in self.user.grants
+                for granted, pattern in user.grants
             )
         return cached
 
     def can_see(self, bucket: str) -> bool:
-        """Whether the user holds any permission on ``bucket`` (for list_buckets)."""
+        """Whether the user holds any per-bucket permission on ``bucket`` (for list_buckets)."""
         return self.user is not None and any(
-            fnmatch.fnmatchcase(bucket, pattern) for _, pattern in self.user.grants
+            granted in _BUCKET_PERMISSIONS and fnmatch.fnmatchcase(bucket, pattern)
+            for granted, pattern in self.user.grants
         )
 
-    def _require(self, permission: str, bucket: str | None) -> None:
-        if not self.allowed(permission, bucket):
-            target = f" on bucket {bucket!r}" if bucket is not None else ""
-            raise PermissionDenied(
-                f"user {self.user.name if self.user else None!r} lacks permission "
-                f"{permission!r}{target}"
+    def require(self, permission: str, bucket: str | None, op: str) -> None:
+        """Raise ``PermissionDenied`` (and audit it) unless the user holds ``permission``."""
+        if self.allowed(permission, bucket):
+            return
+        if self.user is None:
+            raise AuthRequired(
+                f"{op} needs an authenticated connection: this connection's login ended (its "
+                "user was deleted or its token revoked); send auth again"
             )
+        target = f" on bucket {bucket[:MAX_BUCKET_NAME_LENGTH]!r}" if bucket is not None else ""
+        self.server.audit.record(
+            "permission_denied", self.user.name, self.peer_host, f"{op}: {permission}{target}"
+        )
+        raise PermissionDenied(
+            f"user {self.user.name!r} lacks permission {permission!r}{target}"
+        )
+
+    def _require(self, permission: str, bucket: str, op: str) -> None:
+        # For the send hot path, whose bucket name is unchecked: a long one must be refused
+        # before it is matched against patterns or becomes a key of the decision cache.
+        if len(bucket) > MAX_BUCKET_NAME_LENGTH:
+            raise _too_long(bucket)
+        self.require(permission, bucket, op)
+
+    # -- authentication state -----------------------------------------------------------------
+
+    def log_in(self, user: UserRow, token_id: int | None = None) -> None:
+        """The connection is now ``user``'s: lift the pre-authentication limits."""
+        self.user = user
+        self.token_id = token_id
+        self._allowed.clear()
+        self._grants_version = self.server.grants_version
+        self.protocol.max_frame_size = self.server.config.max_frame_size
+
+    def log_out(self) -> None:
+        """Back to unauthenticated (a failed auth, or the user or token is gone)."""
+        config = self.server.config
+        self.user = None
+        self.token_id = None
+        self._allowed.clear()
+        self._unauthenticated_since = time.monotonic()
+        self.protocol.max_frame_size = min(config.max_frame_size, config.pre_auth_bytes)
+
+    def _refresh(self) -> None:
+        server = self.server
+        self._allowed.clear()
+        self._grants_version = server.grants_version
+        user = self.user
+        if user is not None and (
+            server.db.users.get(user.name) is not user
+            or (self.token_id is not None and self.token_id not in server.db.tokens)
+        ):
+            log.info("connection from %s lost the login of %r", self.peer, user.name)
+            self.log_out()
 
     def bucket(self, name: str) -> Bucket:
         bucket = self.server.buckets.get(name)
@@ -296,8 +629,81 @@ class ServerConnection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def close(self) -> None:
-        """Close after the replies already written have been sent."""
+    def check_timeouts(self, now: float) -> None:
+        """Close the connection if it broke a timeout. The server's sweep calls it."""
+        if self.closed:
+            return
+        config = self.server.config
+        if self.user is None and now - self._unauthenticated_since > config.auth_timeout:
+            self.limit_exceeded(
+                "auth_timeout", f"not authenticated within {config.auth_timeout:g} seconds"
+            )
+        elif (
+            self._frame_started is not None
+            and self.busy is None
+            and not self._reading_paused
+            and now - self._frame_started > config.frame_timeout
+        ):
+            self.limit_exceeded(
+                "frame_timeout",
+                f"a frame was not complete within {config.frame_timeout:g} seconds",
+            )
+
+    def limit_exceeded(self, limit: str, message: str) -> None:
+        """Tell the client which limit it broke, record it, and close."""
+        server = self.server
+        server.audit.warn(
+            "limit_exceeded", "closing connection from %s: %s (--%s)",
+            self.peer, message, limit.replace("_", "-"),
+        )
+        server.audit.record(
+            "connection_closed", self.user.name if self.user else None, self.peer_host,
+            f"{limit}: {message}",
+        )
+        exc = LimitExceeded(message, detail={"limit": limit})
+        self._write([self.protocol.error(None, exc)])
+        self.close()
+
+    def _drop_slow_reader(self, queued: int) -> None:
+        server = self.server
+        limit = server.config.max_write_buffer
+        server.audit.warn(
+            "max_write_buffer",
+            "dropping connection from %s: %d bytes of replies not read (--max-write-buffer %d)",
+            self.peer, queued, limit,
+        )
+        server.audit.record(
+            "connection_dropped", self.user.name if self.user else None, self.peer_host,
+            f"max_write_buffer: {queued} bytes of replies not read",
+        )
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Close after the replies already written have been sent (within ``CLOSE_GRACE``)."""
+        self.closed = True
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            if transport.get_write_buffer_size() and not self._lost:
+                asyncio.get_running_loop().call_later(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        if not self._lost and self.transport is not None:
+            self.transport.abort()
+
+
+def _check_producer(producer: Any, seq: Any) -> tuple[str, int]:
+    """Check a send's ``producer`` and ``seq`` (given together); return them."""
+    if type(producer) is not str or not 0 < len(producer) <= MAX_PRODUCER_LENGTH:
+        raise BadArgument(
+            f"send: 'producer' must be a string of 1 to {MAX_PRODUCER_LENGTH} characters, "
+            "given with 'seq'"
+        )
+    if type(seq) is not int or not 0 <= seq <= MAX_PRODUCER_SEQ:
+        raise BadArgument(
+            f"send: 'seq' must be an integer from 0 to {MAX_PRODUCER_SEQ}, given with 'producer'"
+        )
+    return producer, seq
+

@@ -3,28 +3,26 @@
 Each function takes the connection and the request's validated arguments, and returns the result
 or, when it must wait for a password hash or the database, a coroutine. Arguments have already
 been checked against ``bucketly.protocol.OPS`` and the caller holds the op's permission.
+
+The ops of authentication, users, grants, tokens and the audit trail live in ``accounts.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..buckets import Bucket
-from ..errors import AuthFailed, BadArgument, BucketExists, HandlerError, UnknownHandler
+from ..buckets.durability import BucketLog
+from ..errors import BadArgument, BucketExists, HandlerError, UnknownHandler
 from ..protocol import OPS, PROTOCOL_VERSION, check_bucket_name
-from ..store import BucketRow, hash_password, verify_password
+from ..store import BucketRow
 
 if TYPE_CHECKING:
     from .connection import ServerConnection
 
-__all__ = ["IMPLEMENTATIONS", "MAX_PASSWORD_LENGTH"]
-
-#: Longest password accepted, in characters: hashing cost grows with length, and no human
-#: password needs more.
-MAX_PASSWORD_LENGTH = 1024
+__all__ = ["IMPLEMENTATIONS"]
 
 Impl = Callable[["ServerConnection", dict[str, Any]], Any]
 IMPLEMENTATIONS: dict[str, Impl] = {}
@@ -54,67 +52,6 @@ def op_hello(conn: ServerConnection, args: dict[str, Any]) -> Any:
 @_op
 def op_ping(conn: ServerConnection, args: dict[str, Any]) -> Any:
     return "pong"
-
-
-@_op
-async def op_auth(conn: ServerConnection, args: dict[str, Any]) -> Any:
-    name, password = args["user"], args["password"]
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise AuthFailed("unknown user or wrong password")
-    row = conn.server.db.users.get(name)
-    loop = asyncio.get_running_loop()
-    ok = await loop.run_in_executor(
-        conn.server.auth_executor, verify_password, row.password_hash if row else None, password
-    )
-    if not ok or row is None:
-        conn.user = None  # a failed login ends any earlier one on this connection
-        conn.server.log.warning("failed login for user %r from %s", name[:100], conn.peer)
-        raise AuthFailed("unknown user or wrong password")
-    if row.default_password and not conn.loopback:
-        conn.user = None
-        conn.server.log.warning(
-            "refused login of %r with its default password from non-loopback %s", name, conn.peer
-        )
-        raise AuthFailed(
-            f"user {name!r} still has its default password, which is only accepted from a "
-            "loopback address; change it from the server's machine first"
-        )
-    conn.user = row
-    return {"user": row.name, "must_change_password": row.default_password}
-
-
-@_op
-def op_whoami(conn: ServerConnection, args: dict[str, Any]) -> Any:
-    assert conn.user is not None
-    return {
-        "user": conn.user.name,
-        "permissions": [
-            {"permission": permission, "pattern": pattern}
-            for permission, pattern in sorted(conn.user.grants)
-        ],
-        "must_change_password": conn.user.default_password,
-    }
-
-
-@_op
-async def op_change_password(conn: ServerConnection, args: dict[str, Any]) -> Any:
-    user = conn.user
-    assert user is not None
-    old, new = args["old_password"], args["new_password"]
-    if not new or len(new) > MAX_PASSWORD_LENGTH:
-        raise BadArgument(f"the new password must be 1 to {MAX_PASSWORD_LENGTH} characters")
-    if new == old:
-        raise BadArgument("the new password must differ from the old one")
-    loop = asyncio.get_running_loop()
-    executor = conn.server.auth_executor
-    if len(old) > MAX_PASSWORD_LENGTH or not await loop.run_in_executor(
-        executor, verify_password, user.password_hash, old
-    ):
-        raise AuthFailed("the old password is wrong")
-    new_hash = await loop.run_in_executor(executor, hash_password, new)
-    await conn.server.db.set_password(user.name, new_hash)
-    conn.server.log.info("user %r changed their password", user.name)
-    return None
 
 
 @_op
@@ -156,6 +93,8 @@ async def op_create_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
         await server.db.insert_bucket(row)
     finally:
         server.creating.discard(name)
+    if durable:
+        bucket.log = BucketLog()
     server.add_bucket(bucket)
     server.log.info(
         "user %r created bucket %r (handler %s%s)",
@@ -169,8 +108,9 @@ async def op_create_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
 
 @_op
 def op_list_buckets(conn: ServerConnection, args: dict[str, Any]) -> Any:
+    # Full info (its config may hold credentials) needs `view`; other grants show the name.
     return [
-        bucket.describe()
+        bucket.describe() if conn.allowed("view", name) else {"name": name}
         for name, bucket in sorted(conn.server.buckets.items())
         if conn.can_see(name)
     ]
@@ -185,16 +125,37 @@ def op_bucket_info(conn: ServerConnection, args: dict[str, Any]) -> Any:
     assert bucket is not None
     info = bucket.describe()
     info["jobs"] = {job_name: job.statistics() for job_name, job in bucket.jobs.items()}
+    info["durability"] = bucket.log.describe() if bucket.log is not None else None
     return info
+
+
+@_op
+async def op_configure_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
+    server = conn.server
+    bucket = conn.bucket(args["bucket"])
+    if "durable" in args and args["durable"] != bucket.row.durable:
+        # In order with the bucket's queued durable sends; switching on snapshots the state.
+        await server.durable.set_durable(bucket, args["durable"])
+        server.log.info(
+            "user %r made bucket %r %s",
+            conn.user.name if conn.user else None,
+            bucket.name,
+            "durable" if args["durable"] else "not durable",
+        )
+    return bucket.describe()
 
 
 @_op
 async def op_delete_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
     server = conn.server
     name = args["bucket"]
-    if name not in server.buckets:
+    bucket = server.buckets.get(name)
+    if bucket is None:
         conn.bucket(name)  # raises UnknownBucket
-    await server.db.delete_bucket(name)
+    assert bucket is not None
+    # In order with the bucket's queued durable sends, which would otherwise be logged after
+    # the deletion; the definition and the durable state go in one transaction.
+    await server.durable.delete(bucket)
     await server.remove_bucket(name)
     server.log.info("user %r deleted bucket %r", conn.user.name if conn.user else None, name)
     return None
@@ -209,6 +170,8 @@ def op_list_handlers(conn: ServerConnection, args: dict[str, Any]) -> Any:
 def op_stats(conn: ServerConnection, args: dict[str, Any]) -> Any:
     return conn.server.statistics()
 
+
+from . import accounts  # noqa: E402, F401  (registers its ops)
 
 missing = set(OPS) - set(IMPLEMENTATIONS) - {"send"}
 assert not missing, f"ops without an implementation: {missing}"

@@ -1,7 +1,9 @@
 """``Server``: start-up, the listener, and an orderly shutdown.
 
 Start-up: load the handlers module, open (or create) the database file, rebuild every bucket from
-its definition, tune the garbage collector, listen, log ``ready``. Shutdown on SIGTERM / SIGINT,
+its definition, tune the garbage collector, listen (with TLS when configured; loudly warning when
+a non-loopback address is served without it), start the sweep that enforces the connections'
+timeouts, log ``ready``. Shutdown on SIGTERM / SIGINT,
 each step logged: stop accepting, finish in-flight requests, close connections, stop scheduled
 jobs and run each one a final time, close the database file, exit 0.
 """
@@ -19,14 +21,22 @@ from typing import Any
 
 from .. import __version__
 from ..buckets import Bucket
+from ..buckets.durability import DurableLog
 from ..handlers import HandlerInfo, load_handlers
 from ..store import Database
+from .audit import AuditLog
 from .config import ServerConfig
 from .connection import ServerConnection
+from .throttle import AuthThrottle
+from .tls import is_loopback, server_ssl_context
 
 __all__ = ["Server"]
 
 log = logging.getLogger("bucketly.server")
+
+#: Longest pause between two sweeps for timed-out connections, in seconds (shorter when a
+#: timeout is set lower): a timeout is enforced this late at most.
+SWEEP_INTERVAL = 1.0
 
 
 class Server:
@@ -45,6 +55,16 @@ class Server:
         #: Bumped whenever any user's permissions change; connections drop cached decisions.
         self.grants_version = 0
         self.db = Database(config.database)
+        #: The log of durable buckets: group commit, snapshots, recovery (durability.py).
+        self.durable = DurableLog(
+            self.db,
+            self.buckets,
+            snapshot_events=config.snapshot_events,
+            snapshot_seconds=config.snapshot_seconds,
+            producer_retention=config.producer_retention,
+        )
+        self.audit = AuditLog(self.db)
+        self.throttle = AuthThrottle(config.auth_free_failures, config.auth_max_delay)
         self.auth_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bucketly-auth")
         self.job_executor = ThreadPoolExecutor(
             max_workers=config.job_threads, thread_name_prefix="bucketly-job"
@@ -52,6 +72,7 @@ class Server:
         self.started_at = time.time()
         self._events_of_deleted = 0
         self._listener: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         #: Set once shutdown has begun: requests not yet read get ``shutting_down``.
         self.shutting_down = False
@@ -74,6 +95,10 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+        if hasattr(signal, "SIGXFSZ"):
+            # Over a file-size limit (RLIMIT_FSIZE), a write must fail with EFBIG, which a
+            # durable send reports as storage_error, instead of the signal killing the server.
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         await self.start()
         try:
             await self._stop.wait()
@@ -93,6 +118,7 @@ class Server:
             ", ".join(sorted(self.handlers)),
         )
         loop = asyncio.get_running_loop()
+        ssl_context = server_ssl_context(config)
         # Bind first: a port in use fails the start before the database file is touched.
         self._listener = await loop.create_server(
             lambda: ServerConnection(self),
@@ -100,7 +126,21 @@ class Server:
             config.port,
             reuse_address=True,
             start_serving=False,
+            ssl=ssl_context,
+            ssl_handshake_timeout=config.auth_timeout if ssl_context is not None else None,
         )
+        bound = [sock.getsockname()[0] for sock in self._listener.sockets]
+        if ssl_context is not None:
+            log.info(
+                "TLS on%s", " (client certificates required)" if config.tls_client_ca else ""
+            )
+        elif not all(is_loopback(host) for host in bound):
+            log.warning(
+                "NOT ENCRYPTED: listening on %s without TLS. Passwords, tokens and events cross "
+                "the network in clear text, readable and changeable by anyone on the path. Use "
+                "--tls-cert and --tls-key, or listen on 127.0.0.1 only.",
+                ", ".join(bound),
+            )
         await loop.run_in_executor(None, self.db.open)
         log.info("opened database file %s", config.database)
         for user in self.db.users.values():
@@ -110,14 +150,21 @@ class Server:
                     "it is only accepted from loopback addresses until you do",
                     user.name,
                 )
-        for row in self.db.buckets.values():
+        await self.durable.forget_deleted()
+        for row in list(self.db.buckets.values()):
             bucket = Bucket(row, self.handlers.get(row.handler))
+            if row.durable and not bucket.broken:
+                # Before its jobs start: they must see the recovered state. A damaged log
+                # raises StorageError, which stops the start with its repair instructions.
+                await self.durable.recover(bucket)
             if bucket.broken:
                 log.error("bucket %r is unavailable: %s", row.name, bucket.broken)
             self.add_bucket(bucket)
         if self.buckets:
             log.info("restored %d bucket definitions", len(self.buckets))
+        self.durable.start()
         self._tune_gc()
+        self._sweeper = loop.create_task(self._sweep())
         await self._listener.start_serving()
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
@@ -125,6 +172,16 @@ class Server:
         # logged even when --log-level hides ordinary information.
         level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING
         log.log(level, "bucketlyd ready on %s:%d", *self.address)
+
+    async def _sweep(self) -> None:
+        """Close connections that broke a timeout (auth, unfinished frame); see connection.py."""
+        config = self.config
+        interval = min(SWEEP_INTERVAL, config.auth_timeout / 4, config.frame_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.check_timeouts(now)
 
     def _tune_gc(self) -> None:
         if self.config.gc_threshold <= 0:
@@ -154,7 +211,10 @@ class Server:
         if busy:
             log.info("shutdown: finishing %d in-flight requests", len(busy))
             await asyncio.wait(busy, timeout=timeout)
+        await self.durable.drain()
         self.shutting_down = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.connections:
             log.info("shutdown: closing %d connections", len(self.connections))
             for conn in list(self.connections):
@@ -170,6 +230,9 @@ class Server:
                 log.error("shutdown: scheduled jobs still running after %ss; giving up", timeout)
         self.job_executor.shutdown(wait=False, cancel_futures=True)
         self.auth_executor.shutdown(wait=False, cancel_futures=True)
+        # After the jobs' final runs, so that what they changed is in the snapshots.
+        await self.durable.stop()
+        await self.audit.flush()
         log.info("shutdown: closing the database file")
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)
         if self._listener is not None:
@@ -185,4 +248,5 @@ class Server:
             "connections_total": self.connections_total,
             "events": self._events_of_deleted + sum(b.events for b in self.buckets.values()),
             "buckets": buckets,
+            "durable_log": self.durable.statistics(),
         }

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import StorageError
+from ..errors import StorageError, UnknownUser, UserExists
 from ..protocol.messages import pack, unpack
 from .passwords import hash_password
 
-__all__ = ["MIGRATIONS", "BucketRow", "Database", "UserRow"]
+__all__ = ["MIGRATIONS", "AuditEntry", "BucketRow", "Database", "TokenRow", "UserRow"]
 
 log = logging.getLogger("bucketly.store")
 
@@ -55,6 +55,52 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE tokens (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused after a revoke
+            user         TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+            name         TEXT,
+            secret_hash  BLOB NOT NULL,                       -- SHA-256 of the token's secret
+            created_at   REAL NOT NULL
+        );
+        CREATE TABLE audit (
+            id      INTEGER PRIMARY KEY,
+            at      REAL NOT NULL,       -- Unix time of the first of `count` identical entries
+            event   TEXT NOT NULL,       -- login_failed, permission_denied, user_created...
+            user    TEXT,                -- who: the (claimed) user, or the acting one
+            peer    TEXT,                -- from where: the client's IP address
+            detail  TEXT NOT NULL,       -- what, never a password or token
+            count   INTEGER NOT NULL DEFAULT 1
+        );
+        """,
+    ),
+    (
+        3,
+        # Durable buckets (bucketly.buckets.durability): the event log and the snapshots.
+        """
+        CREATE TABLE durable_log (
+            id            INTEGER PRIMARY KEY,
+            bucket        TEXT NOT NULL,
+            seq           INTEGER NOT NULL,   -- 1, 2, ... per bucket, in the order applied
+            producer      TEXT,               -- the sending client's producer id, if it gave one
+            producer_seq  INTEGER,            -- its sequence number for this batch
+            events        BLOB NOT NULL,      -- the batch: a MessagePack array
+            checksum      INTEGER NOT NULL,   -- CRC-32 of the fields above
+            UNIQUE (bucket, seq)
+        );
+        CREATE TABLE durable_snapshots (
+            bucket      TEXT PRIMARY KEY,
+            seq         INTEGER NOT NULL,     -- the last log record it covers (deleted since)
+            events      INTEGER NOT NULL,     -- events applied up to that record
+            state       BLOB NOT NULL,        -- the handler's snapshot(), tagged MessagePack
+            producers   BLOB NOT NULL,        -- MessagePack map: producer id -> last seq applied
+            checksum    INTEGER NOT NULL,     -- CRC-32 of the fields above
+            created_at  REAL NOT NULL
+        );
+        """,
+    ),
 ]
 
 #: The user created in an empty database file, and the password it starts with.
@@ -80,6 +126,28 @@ class UserRow:
     grants: set[tuple[str, str]] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class TokenRow:
+    id: int
+    user: str
+    name: str | None
+    secret_hash: bytes
+    created_at: float
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "user": self.user, "name": self.name, "created_at": self.created_at}
+
+
+@dataclass(slots=True)
+class AuditEntry:
+    at: float
+    event: str
+    user: str | None
+    peer: str | None
+    detail: str
+    count: int = 1
+
+
 class Database:
     """The database file. Create it, then ``open()`` it; ``await write(fn)`` to change it."""
 
@@ -87,8 +155,12 @@ class Database:
         self.path = Path(path)
         self.buckets: dict[str, BucketRow] = {}
         self.users: dict[str, UserRow] = {}
+        self.tokens: dict[int, TokenRow] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bucketly-db")
         self._conn: sqlite3.Connection | None = None
+        #: Set by an I/O error: the next write starts from a new connection (see _write).
+        self._reopen = False
+        self._failure_logged_at = -_FAILURE_LOG_INTERVAL
 
     # -- start-up, on the writer thread -------------------------------------------------------
 
@@ -99,17 +171,22 @@ class Database:
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a configuration change is on disk when the client is told it succeeded.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn = self._connect()
             self._conn = conn
             self._migrate(conn)
             self._load(conn)
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open database file {str(self.path)!r}: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a change (a configuration change, a durable bucket's events) is on disk, WAL
+        # fsynced, when the client is told it succeeded.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -155,6 +232,10 @@ class Database:
             "SELECT user, permission, pattern FROM grants"
         ):
             self.users[user].grants.add((permission, pattern))
+        self.tokens = {
+            row[0]: TokenRow(row[0], row[1], row[2], bytes(row[3]), row[4])
+            for row in conn.execute("SELECT id, user, name, secret_hash, created_at FROM tokens")
+        }
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -168,30 +249,99 @@ class Database:
         return await loop.run_in_executor(self._executor, self._write, fn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        if conn is None:
-            raise StorageError("the database file is closed")
+        conn = self._connection()
         try:
             with _transaction(conn):
                 return fn(conn)
         except sqlite3.Error as exc:
-            log.error("database write failed: %s", exc)
+            if _is_io_error(exc):
+                self._reopen = True
+            now = time.monotonic()
+            if now - self._failure_logged_at >= _FAILURE_LOG_INTERVAL:
+                self._failure_logged_at = now
+                log.error("database write failed: %s", exc)
             raise StorageError(f"could not write the database file: {exc}") from None
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            raise StorageError("the database file is closed")
+        if self._reopen:
+            # After an I/O error (disk full, EIO), SQLite's view of the file is not trusted:
+            # nothing is retried on that connection, a new one reads the file (and its WAL)
+            # afresh. Failing to reopen fails this write; the next one tries again.
+            try:
+                new = self._connect()
+            except sqlite3.Error as exc:
+                raise StorageError(f"could not reopen the database file: {exc}") from None
+            self._reopen = False
+            self._conn = new
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+            log.info("reopened the database file %s after a write error", self.path)
+            conn = new
+        return conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the writer thread, outside a transaction (start-up reads)."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            try:
+                return fn(self._connection())
+            except sqlite3.Error as exc:
+                raise StorageError(f"could not read the database file: {exc}") from None
+
+        return await loop.run_in_executor(self._executor, run)
 
     # -- the operations the server needs ------------------------------------------------------
 
     async def insert_bucket(self, row: BucketRow) -> None:
-        await self.write(
-            lambda c: c.execute(
+        def insert(c: sqlite3.Connection) -> None:
+            c.execute(
                 "INSERT INTO buckets VALUES (?, ?, ?, ?, ?)",
                 (row.name, row.handler, pack(row.config), int(row.durable), row.created_at),
             )
-        )
+            # A new bucket's durable log starts empty, whatever a bucket of that name left.
+            c.execute("DELETE FROM durable_log WHERE bucket = ?", (row.name,))
+            c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (row.name,))
+
+        await self.write(insert)
         self.buckets[row.name] = row
 
     async def delete_bucket(self, name: str) -> None:
-        await self.write(lambda c: c.execute("DELETE FROM buckets WHERE name = ?", (name,)))
+        """Delete the bucket's definition and, in the same transaction, its durable state."""
+
+        def delete(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM buckets WHERE name = ?", (name,))
+            c.execute("DELETE FROM durable_log WHERE bucket = ?", (name,))
+            c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (name,))
+
+        await self.write(delete)
         self.buckets.pop(name, None)
+
+    async def set_bucket_durable(
+        self, name: str, durable: bool, snapshot: tuple[Any, ...] | None = None
+    ) -> None:
+        """Switch durability: drop any durable state and, when on, store ``snapshot`` (a
+        ``durable_snapshots`` row) as where its log starts; all in one transaction."""
+
+        def change(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE buckets SET durable = ? WHERE name = ?", (int(durable), name))
+            c.execute("DELETE FROM durable_log WHERE bucket = ?", (name,))
+            c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (name,))
+            if snapshot is not None:
+                c.execute(
+                    "INSERT INTO durable_snapshots "
+                    "(bucket, seq, events, state, producers, checksum, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    snapshot,
+                )
+
+        await self.write(change)
+        self.buckets[name].durable = durable
 
     async def set_password(self, user: str, password_hash: str) -> None:
         await self.write(
@@ -204,6 +354,96 @@ class Database:
         row.password_hash = password_hash
         row.default_password = False
 
+    async def create_user(self, name: str, password_hash: str) -> UserRow:
+        row = UserRow(name, password_hash, False, time.time())
+
+        def insert(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise UserExists(f"user {name!r} exists already")
+            c.execute(
+                "INSERT INTO users VALUES (?, ?, 0, ?)", (name, password_hash, row.created_at)
+            )
+
+        await self.write(insert)
+        self.users[name] = row
+        return row
+
+    async def delete_user(self, name: str) -> None:
+        """Delete the user; their grants and tokens go with them (ON DELETE CASCADE)."""
+
+        def delete(c: sqlite3.Connection) -> None:
+            if c.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise UnknownUser(f"no user named {name!r}")
+
+        await self.write(delete)
+        self.users.pop(name, None)
+        for token_id in [t.id for t in self.tokens.values() if t.user == name]:
+            del self.tokens[token_id]
+
+    async def grant(self, user: str, permission: str, pattern: str) -> None:
+        await self.write(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO grants VALUES (?, ?, ?)", (user, permission, pattern)
+            )
+        )
+        self.users[user].grants.add((permission, pattern))
+
+    async def revoke(self, user: str, permission: str, pattern: str) -> bool:
+        """Remove the grant; False if the user did not hold it."""
+        cursor = await self.write(
+            lambda c: c.execute(
+                "DELETE FROM grants WHERE user = ? AND permission = ? AND pattern = ?",
+                (user, permission, pattern),
+            )
+        )
+        self.users[user].grants.discard((permission, pattern))
+        return bool(cursor.rowcount)
+
+    async def create_token(self, user: str, name: str | None, secret_hash: bytes) -> TokenRow:
+        created_at = time.time()
+        cursor = await self.write(
+            lambda c: c.execute(
+                "INSERT INTO tokens (user, name, secret_hash, created_at) VALUES (?, ?, ?, ?)",
+                (user, name, secret_hash, created_at),
+            )
+        )
+        assert cursor.lastrowid is not None
+        row = TokenRow(cursor.lastrowid, user, name, secret_hash, created_at)
+        self.tokens[row.id] = row
+        return row
+
+    async def delete_token(self, token_id: int) -> None:
+        await self.write(lambda c: c.execute("DELETE FROM tokens WHERE id = ?", (token_id,)))
+        self.tokens.pop(token_id, None)
+
+    async def append_audit(self, entries: list[AuditEntry], keep: int) -> None:
+        """Append entries, then trim the table to its newest ``keep`` rows."""
+
+        def append(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO audit (at, event, user, peer, detail, count) VALUES (?,?,?,?,?,?)",
+                [(e.at, e.event, e.user, e.peer, e.detail, e.count) for e in entries],
+            )
+            c.execute(
+                "DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?", (keep,)
+            )
+
+        await self.write(append)
+
+    async def read_audit(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit entries, newest first."""
+
+        def read(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = c.execute(
+                "SELECT id, at, event, user, peer, detail, count FROM audit "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            keys = ("id", "at", "event", "user", "peer", "detail", "count")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self.write(read)
+
     def close(self) -> None:
         """Close the file (after every pending write has finished)."""
 
@@ -214,6 +454,20 @@ class Database:
 
         self._executor.submit(_close).result()
         self._executor.shutdown(wait=True)
+
+
+#: A failing write is logged at once, then at most once a minute while writes keep failing (each
+#: caller is told anyway), so a full disk does not flood the log.
+_FAILURE_LOG_INTERVAL = 60.0
+#: SQLite primary result codes after which the connection is reopened rather than reused.
+_IO_ERRORS = frozenset({10, 11, 13, 14, 26})  # IOERR, CORRUPT, FULL, CANTOPEN, NOTADB
+
+
+def _is_io_error(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is None:
+        return isinstance(exc, sqlite3.OperationalError)
+    return code & 0xFF in _IO_ERRORS
 
 
 class _transaction:

@@ -1,0 +1,982 @@
+"""Durable buckets: the event log, group commit, snapshots with compaction, and recovery.
+
+Theory of operation. A send to a durable bucket is not applied when it arrives. It becomes a
+*record* (its events, encoded once, with the sender's producer id and sequence number) queued on
+the ``DurableLog``, and the connection waits for it (its pipeline, in connection.py: the requests
+after it on that connection still see it). One task, the *pump*, takes every record queued since
+the last commit and writes them all in one transaction on the database's writer thread, whose
+connection runs with ``synchronous=FULL``: the commit returns once the records are fsynced, and
+sends from many connections share one fsync (group commit). Only then does the pump apply the
+records to their handlers, on the event loop, in log order, and the connections acknowledge
+them. When a commit fails, nothing is applied and every sender gets ``storage_error``. So a
+durable bucket's handler state is always exactly "the latest snapshot, plus the log records
+after it, applied in order", which is what recovery rebuilds at start-up.
+
+Anything else that must be ordered with a bucket's records (a snapshot, switching durability on
+or off, deleting the bucket) is an *action* in the same queue: the pump runs it once every record
+queued before it is committed and applied, and before any record queued after it.
+
+Snapshots. After ``snapshot_events`` logged events (or ``snapshot_seconds`` with any), a snapshot
+action encodes the handler's ``snapshot()`` and, in ONE transaction, writes it and deletes the log
+records it covers. A crash at any point leaves either the old snapshot and the whole log, or the
+new snapshot and the log after it: both rebuild the same state, and recovery reads at most
+``snapshot_events`` events of log however long the daemon has run.
+
+Resends. Clients tag each batch with a producer id and a sequence number. A bucket remembers the
+last sequence number it applied per producer (``Bucket.accept``), in memory for every bucket and,
+for durable ones, in the log and in snapshots. A batch whose number is not above it is a resend of
+a batch already applied: it is acknowledged and not applied again. For a durable bucket this is
+decided before the batch is logged (a resend of a batch still being written waits for that
+write's outcome), so the log holds exactly the batches that were applied, and recovery replays
+every one of them.
+
+Fault injection (tests only): ``BUCKETLY_FAULT=point[,point...]`` makes the process exit at once
+with status ``FAULT_EXIT_STATUS`` when it reaches a named point; ``point@N`` at its N-th visit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import shlex
+import sqlite3
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import ormsgpack
+
+from ..errors import (
+    BadFrame,
+    BucketlyError,
+    ConfigError,
+    HandlerError,
+    InternalError,
+    StorageError,
+    UnknownBucket,
+)
+from ..protocol.messages import pack, unpack
+
+if TYPE_CHECKING:
+    from ..store import Database
+    from .runtime import Bucket
+
+__all__ = [
+    "FAULT_ENV",
+    "FAULT_EXIT_STATUS",
+    "FAULT_POINTS",
+    "BucketLog",
+    "DurableLog",
+    "Faults",
+    "pack_state",
+    "unpack_state",
+]
+
+log = logging.getLogger("bucketly.durability")
+
+T = TypeVar("T")
+
+#: The environment variable that arms fault-injection points (tests only).
+FAULT_ENV = "BUCKETLY_FAULT"
+#: Exit status of a process stopped by a fault-injection point, so a test can tell it apart.
+FAULT_EXIT_STATUS = 86
+#: Every fault-injection point, in the order a record or a snapshot reaches them.
+FAULT_POINTS = frozenset(
+    {
+        "commit.before_commit",  # log records inserted, transaction not committed
+        "commit.after_commit",  # committed (fsynced), not applied nor acknowledged
+        "snapshot.after_write",  # snapshot row written, log not compacted, not committed
+        "snapshot.after_compact",  # log compacted too, not committed
+        "snapshot.after_commit",  # snapshot and compaction committed, not yet noted in memory
+    }
+)
+
+#: Most payload bytes written in one transaction. A commit takes every queued record up to this
+#: (and always at least one): large enough that group commit is never the bottleneck, small
+#: enough that one transaction does not hold hundreds of megabytes in memory twice.
+MAX_COMMIT_BYTES = 64 * 1024 * 1024
+#: Log records inserted per SQL statement (6 parameters each; SQLite allows 32,766 per statement).
+INSERT_ROWS = 500
+#: Log records read per round trip to the writer thread during recovery: bounds the memory that
+#: recovery holds (records are up to a frame each) without a round trip per record.
+RECOVERY_CHUNK = 256
+#: Longest producer id accepted in a send: a client's random id needs 32 characters (a UUID in
+#: hex); anything much longer is a mistake, and every bucket keeps one entry per producer.
+MAX_PRODUCER_LENGTH = 64
+#: Largest producer sequence number (SQLite integers are signed 64-bit).
+MAX_PRODUCER_SEQ = 2**63 - 1
+#: A failing commit or snapshot is logged at once, then at most once per this many seconds
+#: while it keeps failing (each sender is told anyway), so a full disk does not flood the log.
+FAILURE_LOG_INTERVAL = 60.0
+
+
+# -- snapshot encoding --------------------------------------------------------------------------
+#
+# Handler state is encoded as MessagePack with tagged extension types for what MessagePack has
+# no type for, so that the default snapshot()/restore() give back a set as a set, a tuple as a
+# tuple (also inside sets and as map keys), a defaultdict with its factory. Anything else (class
+# instances, dataclasses, datetimes) is refused: its handler must define snapshot() and restore().
+
+_EXT_SET = 1
+_EXT_FROZENSET = 2
+_EXT_TUPLE = 3
+_EXT_BIG_INT = 4
+_EXT_COUNTER = 5
+_EXT_DEFAULTDICT = 6
+_EXT_DEQUE = 7
+
+_DEFAULT_FACTORIES: dict[Any, str] = {
+    int: "int",
+    float: "float",
+    str: "str",
+    list: "list",
+    dict: "dict",
+    set: "set",
+    collections.Counter: "Counter",
+}
+_FACTORIES_BY_NAME = {name: factory for factory, name in _DEFAULT_FACTORIES.items()}
+
+_STATE_PACK = (
+    ormsgpack.OPT_NON_STR_KEYS
+    | ormsgpack.OPT_PASSTHROUGH_TUPLE
+    | ormsgpack.OPT_PASSTHROUGH_BIG_INT
+    | ormsgpack.OPT_PASSTHROUGH_SUBCLASS
+    | ormsgpack.OPT_PASSTHROUGH_DATACLASS
+    | ormsgpack.OPT_PASSTHROUGH_DATETIME
+    | ormsgpack.OPT_PASSTHROUGH_UUID
+    | ormsgpack.OPT_PASSTHROUGH_ENUM
+)
+
+
+def _ext(code: int, value: Any) -> ormsgpack.Ext:
+    return ormsgpack.Ext(code, pack_state(value))
+
+
+def _encode_default(value: Any) -> Any:
+    kind = type(value)
+    if kind is set:
+        return _ext(_EXT_SET, list(value))
+    if kind is frozenset:
+        return _ext(_EXT_FROZENSET, list(value))
+    if kind is tuple:
+        return _ext(_EXT_TUPLE, list(value))
+    if kind is int:  # only those beyond 64 bits reach here
+        return ormsgpack.Ext(_EXT_BIG_INT, str(value).encode())
+    if kind is collections.Counter:
+        return _ext(_EXT_COUNTER, dict(value))
+    if kind is collections.defaultdict:
+        factory = _DEFAULT_FACTORIES.get(value.default_factory)
+        if factory is None:
+            raise TypeError(
+                f"defaultdict({getattr(value.default_factory, '__name__', value.default_factory)})"
+                f" is not supported (factories: {', '.join(_FACTORIES_BY_NAME)})"
+            )
+        return _ext(_EXT_DEFAULTDICT, [factory, dict(value)])
+    if kind is collections.deque:
+        return _ext(_EXT_DEQUE, [list(value), value.maxlen])
+    raise TypeError(f"{kind.__module__}.{kind.__qualname__} is not plain data")
+
+
+def _decode_ext(code: int, data: bytes) -> Any:
+    if code == _EXT_BIG_INT:
+        return int(data)
+    value = unpack_state(data)
+    if code == _EXT_SET:
+        return set(value)
+    if code == _EXT_FROZENSET:
+        return frozenset(value)
+    if code == _EXT_TUPLE:
+        return tuple(value)
+    if code == _EXT_COUNTER:
+        return collections.Counter(value)
+    if code == _EXT_DEFAULTDICT:
+        factory, items = value
+        return collections.defaultdict(_FACTORIES_BY_NAME[factory], items)
+    if code == _EXT_DEQUE:
+        items, maxlen = value
+        return collections.deque(items, maxlen)
+    raise ValueError(f"unknown extension type {code} in a snapshot")
+
+
+def pack_state(value: Any) -> bytes:
+    """Encode handler state for a snapshot. Raises ``TypeError`` for what is not plain data.
+
+    Plain data: ``None``, bools, ints (any size), floats, str, bytes, lists, tuples, dicts (any
+    hashable plain keys), sets, frozensets, ``collections.Counter``, ``deque`` and
+    ``defaultdict`` with a factory among int, float, str, list, dict, set and Counter.
+    """
+    return ormsgpack.packb(value, default=_encode_default, option=_STATE_PACK)
+
+
+def unpack_state(data: bytes) -> Any:
+    """Decode what ``pack_state`` encoded, with the same types."""
+    return ormsgpack.unpackb(data, ext_hook=_decode_ext, option=ormsgpack.OPT_NON_STR_KEYS)
+
+
+# -- fault injection ------------------------------------------------------------------------------
+
+
+class Faults:
+    """Fault-injection points armed by ``BUCKETLY_FAULT`` (tests only; see the module doc)."""
+
+    def __init__(self, spec: str | None = None) -> None:
+        if spec is None:
+            spec = os.environ.get(FAULT_ENV, "")
+        self.armed: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            point, _, count = item.partition("@")
+            if point not in FAULT_POINTS:
+                raise ConfigError(
+                    f"{FAULT_ENV}: unknown fault point {point!r}; points: "
+                    f"{', '.join(sorted(FAULT_POINTS))}"
+                )
+            self.armed[point] = int(count or 1)
+        if self.armed:
+            log.warning("fault injection armed (tests only): %s", spec)
+
+    def __call__(self, point: str) -> None:
+        if point in self.armed:
+            self.armed[point] -= 1
+            if self.armed[point] <= 0:
+                log.warning("fault injection: exiting at %s", point)
+                logging.shutdown()
+                os._exit(FAULT_EXIT_STATUS)
+
+
+# -- the log ---------------------------------------------------------------------------------------
+
+
+def checksum(bucket: str, seq: int, producer: str | None, producer_seq: int | None,
+             payload: bytes) -> int:
+    """CRC-32 of a log record: its payload and every field that says where it belongs."""
+    header = f"{bucket}\x00{seq}\x00{producer}\x00{producer_seq}".encode()
+    return zlib.crc32(payload, zlib.crc32(header))
+
+
+def snapshot_checksum(bucket: str, seq: int, events: int, state: bytes, producers: bytes) -> int:
+    header = f"{bucket}\x00{seq}\x00{events}".encode()
+    return zlib.crc32(producers, zlib.crc32(state, zlib.crc32(header)))
+
+
+class BucketLog:
+    """Where one durable bucket's log and snapshot stand (``Bucket.log``)."""
+
+    __slots__ = (
+        "doubt_queued",
+        "events_since_snapshot",
+        "in_doubt",
+        "pending",
+        "records_since_snapshot",
+        "seq",
+        "snapshot_at",
+        "snapshot_error",
+        "snapshot_queued",
+        "snapshot_seq",
+        "snapshots",
+    )
+
+    def __init__(self, seq: int = 0) -> None:
+        #: The last record committed and applied (records are numbered 1, 2, ... per bucket).
+        self.seq = seq
+        #: The last record the snapshot covers (0: no snapshot, or a snapshot of the start).
+        self.snapshot_seq = seq
+        self.records_since_snapshot = 0
+        self.events_since_snapshot = 0
+        self.snapshot_at = time.monotonic()
+        self.snapshot_queued = False
+        self.snapshot_error: str | None = None
+        self.snapshots = 0
+        #: Records queued or being written that carry a producer id, by (producer, seq): a
+        #: resend of one of them waits for the same outcome instead of being logged twice.
+        self.pending: dict[tuple[str, int], Record] = {}
+        #: A commit failed: rows past ``seq`` may have reached the file all the same (an fsync
+        #: can fail after the data was written). The next commit or snapshot deletes them
+        #: first, or, for an idle bucket, the maintenance task does (``_forget_doubt``).
+        self.in_doubt = False
+        self.doubt_queued = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "last_record": self.seq,
+            "snapshot_record": self.snapshot_seq,
+            "log_records": self.records_since_snapshot,
+            "log_events": self.events_since_snapshot,
+            "snapshots": self.snapshots,
+            "snapshot_error": self.snapshot_error,
+        }
+
+
+class Record:
+    """One send to a durable bucket, from the moment it is queued until it is settled."""
+
+    __slots__ = ("bucket", "events", "future", "journal", "payload", "producer",
+                 "producer_seq", "seq")
+
+    def __init__(self, bucket: Bucket, journal: BucketLog, events: list[Any], payload: bytes,
+                 producer: str | None, producer_seq: int | None,
+                 future: asyncio.Future[dict[str, Any]]) -> None:
+        self.bucket = bucket
+        self.journal = journal
+        self.events = events
+        self.payload = payload
+        self.producer = producer
+        self.producer_seq = producer_seq
+        self.future = future
+        self.seq = 0
+
+
+_Action = Callable[[], Awaitable[None]]
+
+
+class DurableLog:
+    """The durable buckets of one server. ``start()`` it on the loop, ``await stop()`` it."""
+
+    def __init__(
+        self,
+        db: Database,
+        buckets: dict[str, Bucket],
+        *,
+        snapshot_events: int,
+        snapshot_seconds: float,
+        producer_retention: float,
+        faults: Faults | None = None,
+    ) -> None:
+        self.db = db
+        #: The server's live buckets (the same dict): a record whose bucket has left it fails.
+        self.buckets = buckets
+        self.snapshot_events = snapshot_events
+        self.snapshot_seconds = snapshot_seconds
+        self.producer_retention = producer_retention
+        self.fault = faults if faults is not None else Faults()
+        self._queue: deque[Record | _Action] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._maintenance_task: asyncio.Task[None] | None = None
+        self._failure_logged_at = -FAILURE_LOG_INTERVAL
+        # statistics
+        self.commits = 0
+        self.records = 0
+        self.events = 0
+        self.commit_seconds = 0.0
+        self.failed_commits = 0
+        self.last_error: str | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._pump_task = loop.create_task(self._pump(), name="durable log")
+        self._maintenance_task = loop.create_task(self._maintain(), name="durable maintenance")
+
+    async def stop(self) -> None:
+        """Finish everything queued, snapshot every durable bucket with new records, stop."""
+        if self._maintenance_task is not None:
+            self._maintenance_task.cancel()
+        if self._pump_task is None:
+            return
+        snapshots = [
+            self._queue_snapshot(bucket)
+            for bucket in self.buckets.values()
+            if bucket.log is not None
+            and (bucket.log.records_since_snapshot or bucket.log.in_doubt)
+            and not bucket.broken
+        ]
+        if snapshots:
+            log.info("shutdown: snapshotting %d durable buckets", len(snapshots))
+        await self.drain()
+        self._pump_task.cancel()
+        try:
+            await self._pump_task
+        except asyncio.CancelledError:
+            pass
+        self._pump_task = None
+
+    async def drain(self) -> None:
+        """Return once everything queued before this call is committed and applied (or failed)."""
+        if self._pump_task is not None:
+            await self.in_order(_nothing)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "commits": self.commits,
+            "records": self.records,
+            "events": self.events,
+            "commit_seconds": self.commit_seconds,
+            "failed_commits": self.failed_commits,
+            "last_error": self.last_error,
+            "queued": len(self._queue),
+        }
+
+    # -- the send path ----------------------------------------------------------------------------
+
+    def append(
+        self,
+        bucket: Bucket,
+        events: list[Any],
+        producer: str | None = None,
+        producer_seq: int | None = None,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Queue a batch for ``bucket`` (durable). The future gives the send's result once the
+        batch is on disk and applied, or raises the send's error (``storage_error``...)."""
+        journal = bucket.log
+        assert journal is not None
+        if producer is not None:
+            pending = journal.pending.get((producer, producer_seq))  # type: ignore[arg-type]
+            if pending is not None:
+                return pending.future
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        record = Record(bucket, journal, events, pack(events), producer, producer_seq, future)
+        if producer is not None:
+            journal.pending[(producer, producer_seq)] = record  # type: ignore[index]
+        self._queue.append(record)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return future
+
+    async def in_order(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn()`` after everything queued so far and before anything queued after."""
+        return await self._schedule(fn)
+
+    def _schedule(self, fn: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        # Queued now, not when a task gets round to it: drain() relies on the order of calls.
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        async def action() -> None:
+            try:
+                result = await fn()
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except BaseException as exc:  # handed to whoever waits for the action
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+        self._queue.append(action)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return future
+
+    # -- the pump ---------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        queue = self._queue
+        wakeup = self._wakeup
+        assert wakeup is not None
+        while True:
+            if not queue:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            head = queue[0]
+            if type(head) is not Record:
+                queue.popleft()
+                await head()  # type: ignore[operator]
+                continue
+            records: list[Record] = []
+            size = 0
+            while queue and type(queue[0]) is Record and size < MAX_COMMIT_BYTES:
+                record: Record = queue.popleft()  # type: ignore[assignment]
+                records.append(record)
+                size += len(record.payload)
+            try:
+                await self._commit(records)
+            except Exception:
+                log.exception("durable log: internal error committing %d records", len(records))
+                for record in records:
+                    if not record.future.done():
+                        self._settle(record, error=InternalError("internal server error"))
+
+    async def _commit(self, records: list[Record]) -> None:
+        rows: list[tuple[Any, ...]] = []
+        written: list[Record] = []
+        resent: list[Record] = []
+        last: dict[Bucket, int] = {}
+        # The highest producer seq taken into this commit, per (bucket, producer).
+        taken: dict[tuple[Bucket, str], int] = {}
+        for record in records:
+            bucket = record.bucket
+            if self.buckets.get(bucket.name) is not bucket:
+                self._settle(record, error=UnknownBucket(f"bucket {bucket.name!r} was deleted"))
+                continue
+            journal = bucket.log
+            if journal is None:
+                # Durability was switched off after the send was queued: it is an ordinary
+                # send now, applied in its place in the order.
+                self._apply(record)
+                continue
+            producer = record.producer
+            if producer is not None:
+                # Resends are recognised here, before logging, so that the log holds exactly
+                # the batches that were applied: recovery replays all of them, whatever it
+                # remembers of producers (which it forgets after --producer-retention).
+                seq = record.producer_seq
+                assert seq is not None
+                previous = taken.get((bucket, producer))
+                if (previous is not None and seq <= previous) or bucket.seen(producer, seq):
+                    resent.append(record)
+                    continue
+                taken[(bucket, producer)] = seq
+            seq = record.seq = last.get(bucket, journal.seq) + 1
+            last[bucket] = seq
+            rows.append((bucket.name, seq, record.producer, record.producer_seq, record.payload))
+            written.append(record)
+        if not written:
+            for record in resent:
+                self._settle(record, {"accepted": len(record.events), "duplicate": True})
+            return
+        doubtful = [(b.name, b.log.seq) for b in last if b.log is not None and b.log.in_doubt]
+        started = time.perf_counter()
+        try:
+            await self.db.write(partial(self._write_records, rows, doubtful))
+        except StorageError as exc:
+            self._commit_failed(last, written, exc)
+            for record in resent:
+                self._settle(record, {"accepted": len(record.events), "duplicate": True})
+            return
+        self.fault("commit.after_commit")
+        self.commits += 1
+        self.records += len(written)
+        self.commit_seconds += time.perf_counter() - started
+        for bucket in last:
+            assert bucket.log is not None
+            bucket.log.in_doubt = False
+        for record in written:
+            # Actions (the only things that replace bucket.log) never run during a commit.
+            journal = record.bucket.log
+            assert journal is not None
+            journal.seq = record.seq
+            journal.records_since_snapshot += 1
+            journal.events_since_snapshot += len(record.events)
+            self.events += len(record.events)
+            self._apply(record)
+        for record in resent:
+            self._settle(record, {"accepted": len(record.events), "duplicate": True})
+        for bucket in last:
+            journal = bucket.log
+            if (
+                journal is not None
+                and not journal.snapshot_queued
+                and journal.events_since_snapshot >= self.snapshot_events
+            ):
+                self._queue_snapshot(bucket)
+
+    def _write_records(self, rows: list[tuple[Any, ...]], doubtful: list[tuple[str, int]],
+                       conn: sqlite3.Connection) -> None:
+        for name, seq in doubtful:
+            conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (name, seq))
+        # One statement per INSERT_ROWS rows rather than one per row: each statement is a
+        # round trip through the GIL, which the busy event loop may hold for a whole switch
+        # interval (5 ms) before this thread gets it back.
+        for first in range(0, len(rows), INSERT_ROWS):
+            chunk = rows[first : first + INSERT_ROWS]
+            conn.execute(
+                "INSERT INTO durable_log (bucket, seq, producer, producer_seq, events, checksum) "
+                "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                [value for row in chunk for value in (*row, checksum(*row))],
+            )
+        self.fault("commit.before_commit")
+
+    def _commit_failed(self, buckets: dict[Bucket, int], written: list[Record],
+                       exc: StorageError) -> None:
+        # Never retried: an fsync that failed once may "succeed" the second time after the
+        # kernel dropped the pages. The senders are told, nothing is applied, and the next
+        # commit starts from a reopened connection (Database does that after an I/O error).
+        self.failed_commits += 1
+        self.last_error = exc.message
+        for bucket in buckets:
+            if bucket.log is not None:
+                bucket.log.in_doubt = True
+        now = time.monotonic()
+        if now - self._failure_logged_at >= FAILURE_LOG_INTERVAL:
+            self._failure_logged_at = now
+            log.error(
+                "durable log: could not write %d records (%s); their sends were refused "
+                "(%d failed commits so far)",
+                len(written),
+                exc.message,
+                self.failed_commits,
+            )
+        for record in written:
+            self._settle(
+                record,
+                error=StorageError(
+                    f"bucket {record.bucket.name!r} is durable and its events could not be "
+                    f"written to the database file, so they were not applied: {exc.message}"
+                ),
+            )
+
+    def _apply(self, record: Record) -> None:
+        bucket = record.bucket
+        count = len(record.events)
+        producer = record.producer
+        seq = record.producer_seq
+        if producer is not None and seq is not None and not bucket.accept(producer, seq):
+            self._settle(record, {"accepted": count, "duplicate": True})
+            return
+        try:
+            bucket.apply(record.events)
+        except HandlerError as exc:
+            self._settle(record, error=exc)
+            return
+        self._settle(record, {"accepted": count})
+
+    def _settle(self, record: Record, result: dict[str, Any] | None = None,
+                error: BucketlyError | None = None) -> None:
+        if record.producer is not None:
+            key = (record.producer, record.producer_seq)
+            if record.journal.pending.get(key) is record:  # type: ignore[arg-type]
+                del record.journal.pending[key]  # type: ignore[arg-type]
+        future = record.future
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+            future.exception()  # retrieved: a fire-and-forget sender may be gone
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    # -- durability on and off, deletion ---------------------------------------------------------
+
+    async def set_durable(self, bucket: Bucket, durable: bool) -> None:
+        """Make ``bucket`` durable (snapshotting its state first) or not (dropping its log)."""
+
+        async def change() -> None:
+            if self.buckets.get(bucket.name) is not bucket:
+                raise UnknownBucket(f"no bucket named {bucket.name!r}")
+            if durable == (bucket.log is not None):
+                return
+            if not durable:
+                await self.db.set_bucket_durable(bucket.name, False)
+                bucket.log = None
+                log.info("bucket %r is no longer durable", bucket.name)
+                return
+            journal = BucketLog()
+            state, producers = self._encode_snapshot(bucket)
+            snapshot = self._snapshot_row(bucket.name, 0, bucket.events, state, producers)
+            # Sends that arrive while the snapshot is written are queued behind this action as
+            # durable records; if the write fails they are applied as ordinary sends.
+            bucket.log = journal
+            try:
+                await self.db.set_bucket_durable(bucket.name, True, snapshot)
+            except BaseException:
+                bucket.log = None
+                raise
+            log.info("bucket %r is now durable (snapshot of %d bytes)", bucket.name, len(state))
+
+        await self.in_order(change)
+
+    async def delete(self, bucket: Bucket) -> None:
+        """Delete the bucket's definition and durable state, in order with its records."""
+
+        async def delete() -> None:
+            await self.db.delete_bucket(bucket.name)
+            bucket.log = None
+
+        await self.in_order(delete)
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def _queue_snapshot(self, bucket: Bucket) -> asyncio.Future[None]:
+        assert bucket.log is not None
+        bucket.log.snapshot_queued = True
+        future = self._schedule(partial(self._snapshot, bucket))
+        future.add_done_callback(_log_unexpected)
+        return future
+
+    async def snapshot(self, bucket: Bucket) -> None:
+        """Snapshot ``bucket`` now (in order with its records) and compact its log."""
+        if bucket.log is not None:
+            await self._queue_snapshot(bucket)
+
+    def _encode_snapshot(self, bucket: Bucket) -> tuple[bytes, bytes]:
+        try:
+            state = bucket.handler.snapshot()
+        except Exception as exc:
+            raise HandlerError(f"{bucket.row.handler}.snapshot raised {exc!r}") from None
+        try:
+            data = pack_state(state)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise HandlerError(
+                f"{bucket.row.handler}.snapshot() returned something a snapshot cannot hold: "
+                f"{exc}. Give the handler snapshot() and restore() methods that turn its state "
+                "into plain data and back (docs/handlers.md)"
+            ) from None
+        return data, pack(bucket.producer_table())
+
+    @staticmethod
+    def _snapshot_row(name: str, seq: int, events: int, state: bytes,
+                      producers: bytes) -> tuple[Any, ...]:
+        crc = snapshot_checksum(name, seq, events, state, producers)
+        return (name, seq, events, state, producers, crc, time.time())
+
+    async def _snapshot(self, bucket: Bucket) -> None:
+        journal = bucket.log
+        if journal is None or self.buckets.get(bucket.name) is not bucket or bucket.broken:
+            return
+        journal.snapshot_queued = False
+        journal.snapshot_at = time.monotonic()
+        if not journal.records_since_snapshot and not journal.in_doubt:
+            return
+        try:
+            state, producers = self._encode_snapshot(bucket)
+        except HandlerError as exc:
+            if journal.snapshot_error is None:
+                log.error("bucket %r: cannot snapshot, the log keeps growing: %s",
+                          bucket.name, exc.message)
+            journal.snapshot_error = exc.message
+            return
+        row = self._snapshot_row(bucket.name, journal.seq, bucket.events, state, producers)
+        started = time.perf_counter()
+        try:
+            await self.db.write(partial(self._write_snapshot, row))
+        except StorageError as exc:
+            if journal.snapshot_error is None:
+                log.error("bucket %r: could not write its snapshot: %s", bucket.name, exc.message)
+            journal.snapshot_error = exc.message
+            return
+        self.fault("snapshot.after_commit")
+        # Actions run alone, so no record was committed since the snapshot was taken.
+        log.debug(
+            "bucket %r: snapshot at record %d (%d bytes) replaced %d log records in %.3fs",
+            bucket.name,
+            journal.seq,
+            len(state),
+            journal.records_since_snapshot,
+            time.perf_counter() - started,
+        )
+        journal.snapshot_seq = journal.seq
+        journal.records_since_snapshot = 0
+        journal.events_since_snapshot = 0
+        journal.snapshot_error = None
+        journal.in_doubt = False
+        journal.snapshots += 1
+
+    def _write_snapshot(self, row: tuple[Any, ...], conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO durable_snapshots "
+            "(bucket, seq, events, state, producers, checksum, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+        self.fault("snapshot.after_write")
+        conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq <= ?", (row[0], row[1]))
+        # Rows past the snapshot can only be left by a failed commit (see BucketLog.in_doubt):
+        # actions run alone, so every commit before this one is done.
+        conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (row[0], row[1]))
+        self.fault("snapshot.after_compact")
+
+    async def _forget_doubt(self, bucket: Bucket) -> None:
+        """Delete what a failed commit may have left past the bucket's last record."""
+        journal = bucket.log
+        if journal is None or self.buckets.get(bucket.name) is not bucket:
+            return
+        journal.doubt_queued = False
+        if not journal.in_doubt:
+            return
+        seq = journal.seq
+        try:
+            await self.db.write(
+                lambda c: c.execute(
+                    "DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (bucket.name, seq)
+                )
+            )
+        except StorageError:
+            return  # still in doubt: the next tick tries again
+        journal.in_doubt = False
+
+    async def _maintain(self) -> None:
+        """Time-based snapshots, cleaning up after failed commits, forgetting silent producers."""
+        tick = max(0.05, min(1.0, self.snapshot_seconds / 2, self.producer_retention / 2))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for bucket in list(self.buckets.values()):
+                if now - bucket.producers_rotated_at >= self.producer_retention:
+                    bucket.rotate_producers(now)
+                journal = bucket.log
+                if journal is None:
+                    continue
+                if journal.in_doubt and not journal.doubt_queued:
+                    journal.doubt_queued = True
+                    self._schedule(partial(self._forget_doubt, bucket)).add_done_callback(
+                        _log_unexpected
+                    )
+                if (
+                    journal.records_since_snapshot
+                    and not journal.snapshot_queued
+                    and now - journal.snapshot_at >= self.snapshot_seconds
+                ):
+                    self._queue_snapshot(bucket)
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    async def forget_deleted(self) -> None:
+        """Delete durable rows of buckets that are not durable (left by an older bucketly)."""
+        durable = {name for name, row in self.db.buckets.items() if row.durable}
+
+        def clean(conn: sqlite3.Connection) -> list[str]:
+            names = []
+            for table in ("durable_log", "durable_snapshots"):
+                # One index probe per bucket name, instead of a scan of the whole log.
+                name = ""
+                while True:
+                    found = conn.execute(
+                        f"SELECT bucket FROM {table} WHERE bucket > ? ORDER BY bucket LIMIT 1",
+                        (name,),
+                    ).fetchone()
+                    if found is None:
+                        break
+                    name = found[0]
+                    if name not in durable:
+                        names.append(name)
+                        conn.execute(f"DELETE FROM {table} WHERE bucket = ?", (name,))
+            return names
+
+        dropped = await self.db.write(clean)
+        if dropped:
+            log.info("dropped the durable state of non-durable buckets: %s",
+                     ", ".join(sorted(set(dropped))))
+
+    async def recover(self, bucket: Bucket) -> None:
+        """Rebuild a durable bucket's state: its snapshot, then its log, in order.
+
+        Raises ``StorageError`` when the log or snapshot is damaged in a way that would recover
+        a wrong state; the message says what is wrong and how to repair it.
+        """
+        name = bucket.name
+        path = shlex.quote(str(self.db.path))
+        started = time.perf_counter()
+        journal = BucketLog()
+        snapshot = await self.db.read(
+            lambda c: c.execute(
+                "SELECT seq, events, state, producers, checksum FROM durable_snapshots "
+                "WHERE bucket = ?",
+                (name,),
+            ).fetchone()
+        )
+        if snapshot is not None:
+            seq, events, state, producers, crc = snapshot
+            if snapshot_checksum(name, seq, events, state, producers) != crc:
+                raise StorageError(
+                    f"the snapshot of durable bucket {name!r} in {str(self.db.path)!r} is "
+                    f"damaged (its checksum does not match), and the log it replaced is gone, "
+                    f"so its state cannot be rebuilt. Restore the database file from a backup, "
+                    f"or start the bucket over from empty with: sqlite3 {path} \"DELETE FROM "
+                    f"durable_snapshots WHERE bucket = '{name}'; DELETE FROM durable_log WHERE "
+                    f"bucket = '{name}'\""
+                )
+            try:
+                bucket.handler.restore(unpack_state(state))
+            except Exception as exc:
+                bucket.broken = (
+                    f"durable bucket {name!r}: {bucket.row.handler}.restore failed on its "
+                    f"snapshot: {exc!r}; its log is kept until the handler can read it"
+                )
+                return
+            bucket.events = events
+            bucket.restore_producers(unpack(producers))
+            journal = BucketLog(seq)
+        newest: int | None = await self.db.read(
+            lambda c: c.execute(
+                "SELECT max(seq) FROM durable_log WHERE bucket = ?", (name,)
+            ).fetchone()[0]
+        )
+        expected = journal.seq + 1
+        dropped = False
+        while not dropped:
+            rows = await self.db.read(partial(_read_log, name, expected))
+            if not rows:
+                break
+            for seq, producer, producer_seq, payload, crc in rows:
+                if seq != expected:
+                    raise StorageError(
+                        f"the durable log of bucket {name!r} in {str(self.db.path)!r} is missing "
+                        f"records {expected} to {seq - 1}, so the records after the gap cannot "
+                        f"be replayed in order. Restore the database file from a backup, or, "
+                        f"to give up every record from the gap on (their events are lost, "
+                        f"though they were acknowledged), run: sqlite3 {path} \"DELETE FROM "
+                        f"durable_log WHERE bucket = '{name}' AND seq >= {expected}\""
+                    )
+                events = None
+                if checksum(name, seq, producer, producer_seq, payload) == crc:
+                    try:
+                        events = unpack(payload)
+                    except BadFrame:
+                        events = None
+                if not isinstance(events, list):
+                    if seq == newest:
+                        await self._drop_torn_record(name, seq, len(payload))
+                        dropped = True
+                        break
+                    raise StorageError(
+                        f"the durable log of bucket {name!r} in {str(self.db.path)!r} is "
+                        f"damaged: record {seq} of {newest} fails its checksum, and the "
+                        f"{newest - seq} records after it cannot be replayed without it. "
+                        f"bucketlyd will not start rather than recover a wrong state. Restore "
+                        f"the database file from a backup, or, to give up record {seq} and "
+                        f"every record after it (their events are lost, though they were "
+                        f"acknowledged), run: sqlite3 {path} \"DELETE FROM durable_log WHERE "
+                        f"bucket = '{name}' AND seq >= {seq}\""
+                    )
+                # Every logged record was applied when it was logged (resends never are).
+                if producer is not None:
+                    bucket.accept(producer, producer_seq)
+                try:
+                    bucket.apply(events)
+                except HandlerError:
+                    pass  # as when it was first applied: counted in bucket.errors
+                journal.seq = seq
+                journal.records_since_snapshot += 1
+                journal.events_since_snapshot += len(events)
+                expected += 1
+        bucket.log = journal
+        log.info(
+            "recovered durable bucket %r: %s, then %d log records (%d events) in %.2fs",
+            name,
+            f"snapshot at record {journal.snapshot_seq}" if snapshot is not None
+            else "no snapshot",
+            journal.records_since_snapshot,
+            journal.events_since_snapshot,
+            time.perf_counter() - started,
+        )
+
+    async def _drop_torn_record(self, name: str, seq: int, size: int) -> None:
+        log.warning(
+            "durable bucket %r: dropped the last record of its log (record %d, %d bytes): it "
+            "fails its checksum, as a write torn by a crash leaves it. Its events are not in "
+            "the recovered state.",
+            name,
+            seq,
+            size,
+        )
+        await self.db.write(
+            lambda c: c.execute(
+                "DELETE FROM durable_log WHERE bucket = ? AND seq = ?", (name, seq)
+            )
+        )
+
+
+def _read_log(bucket: str, first: int, conn: sqlite3.Connection) -> list[Any]:
+    return conn.execute(
+        "SELECT seq, producer, producer_seq, events, checksum FROM durable_log "
+        "WHERE bucket = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        (bucket, first, RECOVERY_CHUNK),
+    ).fetchall()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _log_unexpected(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("durable log: maintenance action failed", exc_info=future.exception())
