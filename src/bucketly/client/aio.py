@@ -169,16 +169,9 @@ class AsyncClient(Commands):
             if self._writer is not None or self._batch or self._resends.kept:
                 await self.flush()
         except BucketlyConnectionError as exc:
-            left = self._resends.abandon((self._batch_bucket, self._batch))
+            error = self._resends.closing_error(exc, (self._batch_bucket, self._batch))
             self._batch = []
-            if isinstance(exc, ConnectionLost):
-                left = exc.unacknowledged + left
-            if left:
-                raise ConnectionLost(
-                    f"closed without delivering {sum(len(e) for _, e in left)} events: {exc}",
-                    unacknowledged=left,
-                ) from exc
-            raise
+            raise error from error.__cause__
         finally:
             self._closed = True
             await self._disconnect()

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BucketlyError, ConnectionLost, ProtocolError
+from ..errors import BucketlyConnectionError, BucketlyError, ConnectionLost, ProtocolError
 from ..protocol import PROTOCOL_VERSION, ErrorReply, Greeting
 
 __all__ = [
@@ -119,6 +119,23 @@ class Resends:
         if events and bucket is not None:
             left.append((bucket, list(events)))
         return left
+
+    def closing_error(
+        self, exc: BucketlyConnectionError, buffered: tuple[str | None, list[Any]]
+    ) -> BucketlyConnectionError:
+        """What ``close()`` raises when ``exc`` stopped its final flush: a ``ConnectionLost``
+        listing everything not delivered, or ``exc`` itself if nothing was left."""
+        left = self.abandon(buffered)
+        if isinstance(exc, ConnectionLost):
+            left = exc.unacknowledged + left
+        if not left:
+            return exc
+        lost = ConnectionLost(
+            f"closed without delivering {sum(len(e) for _, e in left)} events: {exc}",
+            unacknowledged=left,
+        )
+        lost.__cause__ = exc
+        return lost
 
 
 def client_ssl_context(tls: ssl.SSLContext | bool | None) -> ssl.SSLContext | None:
