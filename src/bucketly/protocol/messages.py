@@ -17,7 +17,7 @@ from typing import Any
 
 import ormsgpack
 
-from ..errors import BadFrame, BadRequest, BucketlyError, ProtocolError
+from ..errors import BadFrame, BadRequest, BucketlyError, ProtocolError, error_class_for_code
 from .framing import encode_frame
 
 __all__ = [
@@ -109,8 +109,6 @@ class ErrorReply:
         return cls(request_id, exc.code, exc.message or str(exc), exc.detail)
 
     def to_exception(self) -> BucketlyError:
-        from ..errors import error_class_for_code
-
         exc = error_class_for_code(self.code)(self.message, detail=self.detail)
         exc.code = self.code
         return exc

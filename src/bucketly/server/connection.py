@@ -71,6 +71,7 @@ from ..errors import (
 from ..protocol import OPS, ErrorReply, Op, ServerProtocol, encode_message, validate_args
 from ..protocol.messages import Request
 from ..protocol.ops import MAX_BUCKET_NAME_LENGTH, PERMISSIONS
+from .dispatch import IMPLEMENTATIONS
 
 if TYPE_CHECKING:
     from ..buckets import Bucket
@@ -343,8 +344,6 @@ class ServerConnection(asyncio.Protocol):
                 raise AuthRequired(f"{op.name} needs an authenticated connection: send auth first")
             validate_args(op, request.args)
             self._authorize(op, request.args)
-            from .dispatch import IMPLEMENTATIONS
-
             result = IMPLEMENTATIONS[op.name](self, request.args)
             if isinstance(result, Coroutine):
                 self._start_async(request, result)
