@@ -191,16 +191,27 @@ class Client(Commands):
 
         Errors of buffered sends are raised by the next ``flush()`` (or ``close()``).
         """
-        with self._lock:
-            if self._batch_bucket != bucket and self._batch:
-                self._write_batch()
+        # The hot path of every producer: acquire/release instead of ``with`` (which costs as
+        # much again as the rest of this method), and the common case first.
+        lock = self._lock
+        lock.acquire()
+        try:
+            batch = self._batch
+            if batch and self._batch_bucket == bucket:
+                batch.append(event)
+                if len(batch) >= self.batch_size:
+                    self._write_batch()
+                return
+            if batch:
+                self._write_batch()  # another bucket's batch goes first, in order
             self._batch_bucket = bucket
-            if not self._batch:
-                self._batch_started = time.monotonic()
-                self._start_linger()
+            self._batch_started = time.monotonic()
+            self._start_linger()
             self._batch.append(event)
             if len(self._batch) >= self.batch_size:
                 self._write_batch()
+        finally:
+            lock.release()
 
     def send_many(self, bucket: str, events: list[Any]) -> None:
         """Queue many events for ``bucket`` (the same as ``send`` for each, only faster)."""
