@@ -1,7 +1,8 @@
 """bucketly: send events to buckets; aggregate them in memory with your own Python handlers.
 
 The public surface: ``Client`` and ``AsyncClient`` to talk to a bucketlyd server, ``Handler``,
-``view``, ``every`` and ``Job`` to write handlers, and the errors in ``bucketly.errors``.
+``view``, ``every`` and ``Job`` to write handlers, ``UniqueIndex`` (distinct pairs per key, with a
+native core) to write them fast, and the errors in ``bucketly.errors``.
 """
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ from .errors import (
     UserExists,
 )
 from .handlers import Handler, Job, every, view
+from .unique import UniqueIndex, speedups_available
 
 __all__ = [
     "AsyncClient",
@@ -45,6 +47,7 @@ __all__ = [
     "RequestError",
     "StorageError",
     "TooManyAttempts",
+    "UniqueIndex",
     "UnknownBucket",
     "UnknownHandler",
     "UnknownUser",
@@ -52,5 +55,6 @@ __all__ = [
     "UserExists",
     "__version__",
     "every",
+    "speedups_available",
     "view",
 ]
