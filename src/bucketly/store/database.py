@@ -186,6 +186,11 @@ class Database:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
+        # Debian's SQLite zeroes every freed page (SECURE_DELETE): compacting a durable log
+        # after a snapshot then writes the whole deleted log again, as zeros (a million-event
+        # snapshot: 0.23 s -> 0.07 s with FAST). FAST still zeroes what it rewrites anyway;
+        # deleted data is not a secret a database file can keep (docs/security.md).
+        conn.execute("PRAGMA secure_delete=FAST")
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
