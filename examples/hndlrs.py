@@ -6,8 +6,6 @@ Start a server on it with::
         --hostname 127.0.0.1 --port 8484
 """
 
-from sys import intern
-
 import bucketly
 
 
@@ -16,35 +14,28 @@ class UniqueClicks(bucketly.Handler):
 
     def __init__(self, config):
         super().__init__(config)
-        self.users = {}
-
-    def on_event(self, event):
-        self.users.setdefault(event["url"], set()).add(intern(event["user"]))
+        # The distinct (url, user) pairs, counted per url. A dict of sets does the same job;
+        # UniqueIndex does it more than twice as fast in a third of the memory (native core,
+        # docs/handlers.md has the figures).
+        self.users = bucketly.UniqueIndex()
 
     def on_events(self, events):
-        # One call per batch, and one string object per distinct user (intern): the same
-        # user in many URLs' sets then costs a set slot each, not a string each.
-        users = self.users
-        for event in events:
-            url = event["url"]
-            seen = users.get(url)
-            if seen is None:
-                seen = users[url] = set()
-            seen.add(intern(event["user"]))
+        # One call per batch: the whole batch is walked in C.
+        self.users.add_events(events, "url", "user")
 
     @bucketly.view
     def count(self, url):
         """How many distinct users clicked ``url``."""
-        return len(self.users.get(url, ()))
+        return self.users.count(url)
 
     @bucketly.view
     def top(self, n=10):
         """The ``n`` URLs with the most distinct users."""
-        ranked = sorted(self.users.items(), key=lambda item: len(item[1]), reverse=True)
-        return [[url, len(users)] for url, users in ranked[:n]]
+        ranked = sorted(self.users.counts().items(), key=lambda item: item[1], reverse=True)
+        return [[url, count] for url, count in ranked[:n]]
 
     def dump(self):
-        return {url: sorted(users) for url, users in self.users.items()}
+        return {url: sorted(users) for url, users in self.users.items().items()}
 
 
 class EventCounter(bucketly.Handler):

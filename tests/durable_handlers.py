@@ -3,6 +3,7 @@
 import collections
 
 import bucketly
+from bucketly.unique import UNIQUE_INDEX_TYPES
 
 
 class Ledger(bucketly.Handler):
@@ -35,6 +36,7 @@ class Shapes(bucketly.Handler):
         self.recent = collections.deque(maxlen=3)
         self.firsts = {}
         self.big = 2**70
+        self.unique = bucketly.UniqueIndex()
 
     def on_event(self, event):
         key, value = event["k"], event["v"]
@@ -44,6 +46,7 @@ class Shapes(bucketly.Handler):
         self.recent.append((key, value))
         self.firsts.setdefault((key, len(self.by_key[key])), frozenset({value}))
         self.big += 1
+        self.unique.add(key, value)
 
     @bucketly.view
     def shapes(self):
@@ -54,6 +57,8 @@ class Shapes(bucketly.Handler):
 def _canonical(value):
     """A string naming every type and value inside ``value``, independent of set order."""
     name = type(value).__name__
+    if isinstance(value, UNIQUE_INDEX_TYPES):
+        return "UniqueIndex" + _canonical({k: set(vs) for k, vs in value.items().items()})
     if isinstance(value, (set, frozenset)):
         return f"{name}{{{', '.join(sorted(_canonical(v) for v in value))}}}"
     if isinstance(value, dict):

@@ -8,6 +8,7 @@ the state of the acknowledged events" is then a comparison of lists.
 from __future__ import annotations
 
 import collections
+import copy
 import os
 import random
 import resource
@@ -30,6 +31,7 @@ from bucketly.buckets.durability import (
     unpack_state,
 )
 from bucketly.testing import RunningServer, bucketlyd_command
+from bucketly.unique import UNIQUE_INDEX_TYPES, UniqueIndex
 
 from .conftest import AsyncProxy, RawConnection
 
@@ -96,6 +98,21 @@ def test_snapshot_encoding_gives_plain_data_back_with_its_types() -> None:
     assert back["by_key"].default_factory is set
     assert back["deque"].maxlen == 5
     assert type(next(iter(back["set"] - {1, "a"}))) is tuple
+
+
+@pytest.mark.parametrize("impl", UNIQUE_INDEX_TYPES, ids=lambda cls: cls.__name__)
+def test_snapshot_encoding_keeps_a_unique_index(impl: Any) -> None:
+    index = impl()
+    index.add_events([{"u": f"/p{i % 7}", "v": i % 11} for i in range(100)], "u", "v")
+    index.add(("tuple", 1), 2**70)
+    back = unpack_state(pack_state({"users": index, "copy": copy.copy(index)}))
+    for restored in back.values():
+        assert isinstance(restored, UniqueIndex)  # native or not, as this process runs
+        assert len(restored) == len(index) == 78
+        assert {k: set(v) for k, v in restored.items().items()} == {
+            k: set(v) for k, v in index.items().items()}
+    index.add("late", 1)
+    assert back["copy"].count("late") == 0  # the default snapshot's copy is independent
 
 
 @pytest.mark.parametrize("value", [object(), collections.defaultdict(lambda: 0)])
@@ -757,3 +774,14 @@ def test_a_deleted_durable_bucket_comes_back_empty(db: Path, servers: list) -> N
     server.kill()
     servers.append(server := start(db))
     assert ledger(server) == [4]
+
+
+def test_unique_count_restores_a_snapshot_of_its_dict_of_sets_days() -> None:
+    from bucketly.builtin_handlers import UniqueCount
+
+    handler = UniqueCount({"key": "url", "value": "user"})
+    handler.restore(unpack_state(pack_state(
+        {"key": "url", "value": "user", "seen": {"/a": {"ann", "bob"}, "/b": {"ann"}}})))
+    assert isinstance(handler.seen, UniqueIndex)
+    handler.on_events([{"url": "/a", "user": "cy"}, {"url": "/b", "user": "ann"}])
+    assert (handler.count("/a"), handler.count("/b")) == (3, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .handlers import Handler, view
+from .unique import UniqueIndex
 
 __all__ = ["Count", "UniqueCount"]
 
@@ -52,35 +53,36 @@ class Count(Handler):
 class UniqueCount(Handler):
     """Count distinct values of one field per value of another.
 
-    Config ``{"key": "url", "value": "user"}``: how many distinct users per URL.
+    Config ``{"key": "url", "value": "user"}``: how many distinct users per URL. The pairs are
+    kept in a ``bucketly.UniqueIndex`` (native core).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.key = config.get("key", "key")
         self.value = config.get("value", "value")
-        self.seen: dict[Any, set[Any]] = {}
+        self.seen = UniqueIndex()
 
     def on_events(self, events: list[Any]) -> None:
-        seen = self.seen
-        key, value = self.key, self.value
-        for event in events:
-            k = event[key]
-            values = seen.get(k)
-            if values is None:
-                values = seen[k] = set()
-            values.add(event[value])
+        self.seen.add_events(events, self.key, self.value)
 
     @view
     def count(self, key: Any) -> int:
         """How many distinct values were seen for ``key``."""
-        return len(self.seen.get(key, ()))
+        return self.seen.count(key)
 
     @view
     def top(self, n: int = 10) -> list[list[Any]]:
         """The ``n`` keys with the most distinct values, with their counts."""
-        ranked = sorted(self.seen.items(), key=lambda item: len(item[1]), reverse=True)
-        return [[k, len(values)] for k, values in ranked[:n]]
+        ranked = sorted(self.seen.counts().items(), key=lambda item: item[1], reverse=True)
+        return [[k, count] for k, count in ranked[:n]]
 
     def dump(self) -> Any:
-        return {k: sorted(values, key=repr) for k, values in self.seen.items()}
+        return {k: sorted(values, key=repr) for k, values in self.seen.items().items()}
+
+    def restore(self, state: Any) -> None:
+        super().restore(state)
+        if isinstance(self.seen, dict):  # a snapshot of 0.1.0, which kept a dict of sets
+            index = UniqueIndex()
+            index.update(self.seen)
+            self.seen = index

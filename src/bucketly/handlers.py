@@ -156,9 +156,9 @@ class Handler:
 
         The default is a copy of the instance's attributes (except ``config``), which suits
         handlers whose state is plain data: None, bools, numbers, str, bytes, lists, tuples,
-        dicts, sets, frozensets, Counter, deque and defaultdict (of int, float, str, list, dict,
-        set or Counter), nested in any way; they come back with their types. Override it, with
-        ``restore``, for anything else (docs/handlers.md).
+        dicts, sets, frozensets, Counter, deque, ``bucketly.UniqueIndex`` and defaultdict (of
+        int, float, str, list, dict, set or Counter), nested in any way; they come back with
+        their types. Override it, with ``restore``, for anything else (docs/handlers.md).
         """
         return {k: copy.copy(v) for k, v in vars(self).items() if k != "config"}
 

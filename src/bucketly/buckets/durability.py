@@ -61,6 +61,7 @@ from ..errors import (
     UnknownBucket,
 )
 from ..protocol.messages import pack, unpack
+from ..unique import UNIQUE_INDEX_TYPES, UniqueIndex
 
 if TYPE_CHECKING:
     from ..store import Database
@@ -129,6 +130,7 @@ _EXT_BIG_INT = 4
 _EXT_COUNTER = 5
 _EXT_DEFAULTDICT = 6
 _EXT_DEQUE = 7
+_EXT_UNIQUE_INDEX = 8
 
 _DEFAULT_FACTORIES: dict[Any, str] = {
     int: "int",
@@ -179,6 +181,8 @@ def _encode_default(value: Any) -> Any:
         return _ext(_EXT_DEFAULTDICT, [factory, dict(value)])
     if kind is collections.deque:
         return _ext(_EXT_DEQUE, [list(value), value.maxlen])
+    if kind in UNIQUE_INDEX_TYPES:
+        return _ext(_EXT_UNIQUE_INDEX, value.items())
     raise TypeError(f"{kind.__module__}.{kind.__qualname__} is not plain data")
 
 
@@ -200,6 +204,10 @@ def _decode_ext(code: int, data: bytes) -> Any:
     if code == _EXT_DEQUE:
         items, maxlen = value
         return collections.deque(items, maxlen)
+    if code == _EXT_UNIQUE_INDEX:
+        index = UniqueIndex()
+        index.update(value)
+        return index
     raise ValueError(f"unknown extension type {code} in a snapshot")
 
 
@@ -207,8 +215,9 @@ def pack_state(value: Any) -> bytes:
     """Encode handler state for a snapshot. Raises ``TypeError`` for what is not plain data.
 
     Plain data: ``None``, bools, ints (any size), floats, str, bytes, lists, tuples, dicts (any
-    hashable plain keys), sets, frozensets, ``collections.Counter``, ``deque`` and
-    ``defaultdict`` with a factory among int, float, str, list, dict, set and Counter.
+    hashable plain keys), sets, frozensets, ``collections.Counter``, ``deque``,
+    ``defaultdict`` with a factory among int, float, str, list, dict, set and Counter, and
+    ``bucketly.UniqueIndex``.
     """
     return ormsgpack.packb(value, default=_encode_default, option=_STATE_PACK)
 

@@ -18,6 +18,7 @@ from typing import Any
 import ormsgpack
 
 from ..errors import BadFrame, BadRequest, BucketlyError, ProtocolError, error_class_for_code
+from ..unique import UNIQUE_INDEX_TYPES
 from .framing import encode_frame
 
 __all__ = [
@@ -44,6 +45,8 @@ def _default(value: Any) -> Any:
     # Sets are the most common aggregate; send them as arrays rather than refuse them.
     if isinstance(value, (set, frozenset)):
         return list(value)
+    if isinstance(value, UNIQUE_INDEX_TYPES):
+        return value.items()  # {key: [values]}, as a dict of sets would be sent
     raise TypeError(f"{type(value).__name__} is not MessagePack serializable")
 
 
