@@ -27,11 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.handlers import DEFAULT as DEFAULT_HANDLER
 from bench.harness import REPO, Processes, RunFailed, cpu_seconds, rss_bytes, run_driver
 from bench.workload import BUCKET, Workload
 
 HANDLERS = REPO / "bench" / "handlers.py"
-HANDLER_CLASS = "UniqueClicks"
+HANDLER_CLASS = DEFAULT_HANDLER
 SINGLE_EVENTS = 20_000
 
 
@@ -69,12 +70,12 @@ def server_options(running: Any) -> dict[str, Any]:
 
 
 def bucketly_run(procs: Processes, workload: str, mode: str = "batched", connections: int = 1,
-                 durable: bool = False) -> dict[str, Any]:
+                 durable: bool = False, handler: str = DEFAULT_HANDLER) -> dict[str, Any]:
     """One throughput run against a fresh server."""
     with server() as running:
         rss_before = rss_bytes(running.pid)
         result = run_driver(procs, "bucketly-send", workload=workload, mode=mode,
-                            connections=connections, durable=durable,
+                            connections=connections, durable=durable, handler=handler,
                             **server_options(running))
         result["rss_delta"] = rss_bytes(running.pid) - rss_before
         if running.returncode is not None:
@@ -93,7 +94,8 @@ def _client(opts: dict[str, Any]) -> Any:
 
 def _create_bucket(opts: dict[str, Any]) -> None:
     with _client(opts) as client:
-        client.create_bucket(BUCKET, HANDLER_CLASS, config={}, durable=opts.get("durable", False))
+        client.create_bucket(BUCKET, opts.get("handler", HANDLER_CLASS), config={},
+                             durable=opts.get("durable", False))
 
 
 def _check(opts: dict[str, Any], truth: Any) -> int:

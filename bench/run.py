@@ -37,6 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import bucketly_runners, latency
+from bench.handlers import DEFAULT, PLAIN
 from bench.harness import REPO, Processes, RunFailed, median, run_driver
 from bench.peers import ceilings, redis_peers, statsd_peer
 from bench.workload import DISTRIBUTIONS, EVENTS, Workload, WorkloadSpec, describe
@@ -108,6 +109,10 @@ def plan_throughput(suite: Suite) -> None:
                     f"{kind} bucket", dist,
                     _bind(bucketly_runners.bucketly_run, procs, w, "batched", conns, durable),
                     reference=ref)
+            add(group, f"bucketly/1conn/batched/memory/plain/{dist}", "bucketly",
+                f"client.send() batched, 1 connection, memory bucket, {PLAIN} handler", dist,
+                _bind(bucketly_runners.bucketly_run, procs, w, "batched", 1, False, PLAIN),
+                reference=ref)
             if dist == "uniform":
                 for durable in (False,) if args.quick else (False, True):
                     kind = "durable" if durable else "memory"
@@ -117,9 +122,14 @@ def plan_throughput(suite: Suite) -> None:
                         reference=ref)
         else:
             ref = f"redis/pipelined/{dist}"
-        add(group, f"inprocess/handler/{dist}", "ceiling: in-process handler",
-            "UniqueClicks.on_events on decoded batches, no network, tuned GC", dist,
-            _bind(ceilings.inprocess_run, procs, w, "handler", "tuned"), reference=ref)
+        for handler in (DEFAULT, PLAIN):
+            add(group, f"inprocess/handler/{handler}/{dist}", "ceiling: in-process handler",
+                f"{handler}.on_events on decoded batches, no network, tuned GC", dist,
+                _bind(ceilings.inprocess_run, procs, w, "handler", "tuned", handler),
+                reference=ref)
+        add(group, f"inprocess/decode/tuned/plain/{dist}", "ceiling: in-process handler",
+            f"ormsgpack decode + {PLAIN}.on_events, no network, tuned GC", dist,
+            _bind(ceilings.inprocess_run, procs, w, "decode", "tuned", PLAIN), reference=ref)
         for gc_mode in ("tuned",) if args.quick else ("tuned", "default"):
             add(group, f"inprocess/decode/{gc_mode}/{dist}", "ceiling: in-process handler",
                 f"ormsgpack decode + on_events, no network, {gc_mode} GC", dist,
@@ -133,6 +143,9 @@ def plan_throughput(suite: Suite) -> None:
                 add(group, f"bare/{conns}conn/{gc_mode}/{dist}", "ceiling: bare asyncio server",
                     f"decode same frames, {conns} connection{'s' * (conns > 1)}, {gc_mode} GC",
                     dist, _bind(ceilings.bare_run, procs, w, conns, gc_mode), reference=ref)
+        add(group, f"bare/1conn/tuned/plain/{dist}", "ceiling: bare asyncio server",
+            f"decode same frames, 1 connection, tuned GC, {PLAIN} handler", dist,
+            _bind(ceilings.bare_run, procs, w, 1, "tuned", PLAIN), reference=ref)
         if suite.redis is not None:
             target = suite.redis.options()
             add(group, f"redis/pipelined/{dist}", "Redis (redis-py)",
@@ -369,10 +382,15 @@ def latency_rows(suite: Suite) -> list[list[str]]:
 
 
 MEMORY_SOURCES = (
-    ("bucketly/1conn/batched/memory/uniform", "bucketly (bucketlyd RSS growth)", "rss_delta"),
-    ("bare/1conn/tuned/uniform", "bare asyncio server (RSS growth)", "rss_delta"),
-    ("inprocess/decode/tuned/uniform", "Python dict of sets, in-process (RSS growth)",
+    ("bucketly/1conn/batched/memory/uniform", f"bucketly, {DEFAULT} (bucketlyd RSS growth)",
      "rss_delta"),
+    ("bucketly/1conn/batched/memory/plain/uniform", f"bucketly, {PLAIN} (bucketlyd RSS growth)",
+     "rss_delta"),
+    ("bare/1conn/tuned/uniform", f"bare asyncio server, {DEFAULT} (RSS growth)", "rss_delta"),
+    ("inprocess/decode/tuned/uniform", f"{DEFAULT} in-process: UniqueIndex (RSS growth)",
+     "rss_delta"),
+    ("inprocess/decode/tuned/plain/uniform",
+     f"{PLAIN} in-process: Python dict of sets (RSS growth)", "rss_delta"),
     ("redis/pipelined/uniform", "Redis (INFO memory used_memory growth)", "memory_delta"),
 )
 
@@ -390,6 +408,78 @@ def memory_rows(suite: Suite) -> list[list[str]]:
         mid = median(per_pair)
         rows.append([label, f"{mid:.1f}", f"{mid * 1e6 / 2**20:.1f}",
                      ", ".join(f"{v:.1f}" for v in per_pair)])
+    return rows
+
+
+def round_ratio(suite: Suite, key: str, other: str) -> float | None:
+    """The median over rounds of ``key``'s rate divided by ``other``'s, run in the same round."""
+    a, b = suite.find(key), suite.find(other)
+    if a is None or b is None:
+        return None
+    pairs = [(x["rate"], y["rate"]) for x, y in zip(a.samples, b.samples, strict=False)
+             if x is not None and y is not None and y["rate"]]
+    return median([x / y for x, y in pairs]) if pairs else None
+
+
+def _median_of(suite: Suite, key: str, field_name: str = "rate") -> float | None:
+    m = suite.find(key)
+    values = m.values(field_name) if m is not None else []
+    return median(values) if values else None
+
+
+def _memory_per_pair(suite: Suite, key: str, field_name: str) -> float | None:
+    m = suite.find(key)
+    per_pair = [s[field_name] / s["unique_pairs"] for s in (m.samples if m else [])
+                if s is not None and field_name in s and s.get("unique_pairs")]
+    return median(per_pair) if per_pair else None
+
+
+def target_rows(suite: Suite) -> list[list[str]]:
+    """Issue 7's targets, each with what this run measured and whether it is met."""
+    rows: list[list[str]] = []
+
+    def add(target: str, value: float | None, text: str, met: bool | None) -> None:
+        if value is not None:
+            rows.append([target, text, "yes" if met else "**no**"])
+
+    for dist in DISTRIBUTIONS:
+        for conns in (1, 8):
+            rate = _median_of(suite, f"bucketly/{conns}conn/batched/memory/{dist}")
+            add(f"batched ingest, {conns} connection{'s' * (conns > 1)}, {dist}: "
+                ">= 1,000,000 events/s", rate, fmt_rate(rate or 0), (rate or 0) >= 1e6)
+        ref = f"bucketly/1conn/batched/memory/{dist}"
+        r = round_ratio(suite, ref, f"redis/pipelined/{dist}")
+        add(f"batched ingest, {dist}: >= 10x redis-py pipelined SADD", r, f"{r or 0:.1f}x",
+            (r or 0) >= 10)
+        r = round_ratio(suite, ref, f"bare/1conn/tuned/{dist}")
+        add(f"batched ingest, {dist}: >= 70% of the bare asyncio server (same handler)", r,
+            f"{100 * (r or 0):.0f}%", (r or 0) >= 0.7)
+    statsd = suite.find(STATSD_KEY)
+    rate = _median_of(suite, "bucketly/1conn/batched/memory/uniform")
+    if statsd is not None and rate is not None:
+        best = statsd_peer.zero_loss_rate([x for x in statsd.samples if x])[0]
+        if best:
+            add("batched ingest: >= 5x statsd's highest loss-free UDP rate", best,
+                f"{rate / best:.1f}x", rate >= 5 * best)
+    r = round_ratio(suite, "bucketly/1conn/single/memory/uniform", "redis/single/uniform")
+    add("acknowledged single sends: >= redis-py's non-pipelined SADD", r, f"{r or 0:.2f}x",
+        (r or 0) >= 1)
+    lat = next((m for m in suite.latency
+                if m.key == "latency/bucketly/1conn/batched/memory/uniform"), None)
+    p99 = [x["p99_ms"] for x in lat.samples if x is not None] if lat is not None else []
+    if p99:
+        add("view p99 under load: <= 5 ms", median(p99), f"{median(p99):.2f} ms",
+            median(p99) <= 5)
+    ours = _memory_per_pair(suite, "bucketly/1conn/batched/memory/uniform", "rss_delta")
+    redis = _memory_per_pair(suite, "redis/pipelined/uniform", "memory_delta")
+    if ours is not None and redis:
+        add("memory per unique pair: <= 1.5x Redis", ours, f"{ours / redis:.2f}x",
+            ours <= 1.5 * redis)
+    for conns in (1, 8):
+        r = round_ratio(suite, f"bucketly/{conns}conn/batched/durable/uniform",
+                        f"bucketly/{conns}conn/batched/memory/uniform")
+        add(f"durable bucket, {conns} connection{'s' * (conns > 1)}: >= half the in-memory "
+            "rate", r, f"{r or 0:.2f}x", (r or 0) >= 0.5)
     return rows
 
 
@@ -421,6 +511,7 @@ def machine_info(suite: Suite) -> list[tuple[str, str]]:
         ("kernel", platform.release()),
         ("load average (1/5/15 min) at start, at end", suite.versions.pop("loadavg", "?")),
         ("Python", platform.python_version()),
+        ("bucketly._speedups (native UniqueIndex)", "built" if _speedups() else "not built"),
     ]
     for dist in ("ormsgpack", "redis"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -522,6 +613,17 @@ def render_markdown(suite: Suite, command: str, started: datetime.datetime,
             md_table(MEMORY_HEADER, mem),
             "",
         ]
+    targets = target_rows(suite)
+    if targets:
+        parts += [
+            "## Targets",
+            "",
+            "Issue 7's targets, computed from the tables above. A ratio between two systems is "
+            "the median of their per-round ratios.",
+            "",
+            md_table(["Target", "Measured", "Met"], targets),
+            "",
+        ]
     failures = [f"- `{m.key}`: {e}" for m in suite.throughput + suite.latency for e in m.errors]
     notes = [f"- {n}" for n in suite.notes]
     if failures or notes:
@@ -532,7 +634,12 @@ def render_markdown(suite: Suite, command: str, started: datetime.datetime,
         "- **bucketly**: the public `bucketly.Client` against a fresh `bucketlyd` "
         "(`bucketly.testing.run_server`, handlers `bench/handlers.py`) for each run; 8 "
         "connections are 8 clients in 8 threads of one process, each sending its share.",
-        "- **in-process handler**: the same `UniqueClicks` handler fed the same batches in one "
+        f"- **handlers**: `{DEFAULT}` keeps the pairs in a `bucketly.UniqueIndex` "
+        f"(native core: {'built' if _speedups() else 'NOT built, pure-Python fallback'}), "
+        f"as docs/handlers.md recommends; `{PLAIN}` is the same job in plain Python, a dict "
+        "of sets with interned users. Rows that name no handler run "
+        f"`{DEFAULT}`.",
+        "- **in-process handler**: the same handler fed the same batches in one "
         "process, no network: the ceiling of the handler itself (`decode` adds ormsgpack "
         "decoding of each frame).",
         "- **bare asyncio server**: an `asyncio.Protocol` that decodes the same frames into the "
@@ -547,6 +654,12 @@ def render_markdown(suite: Suite, command: str, started: datetime.datetime,
         "",
     ]
     return "\n".join(parts)
+
+
+def _speedups() -> bool:
+    import bucketly
+
+    return bucketly.speedups_available()
 
 
 def _sysctl(name: str) -> str:
@@ -569,6 +682,7 @@ def print_console(suite: Suite) -> None:
         ("statsd over UDP", STATSD_HEADER, statsd_rows(suite)),
         ("View latency", LATENCY_HEADER, latency_rows(suite)),
         ("Memory", MEMORY_HEADER, memory_rows(suite)),
+        ("Targets", ["Target", "Measured", "Met"], target_rows(suite)),
     ):
         if not rows:
             continue

@@ -1,14 +1,16 @@
 """The bare ceiling: an asyncio server that only decodes bucketly's frames into the handler.
 
 What any Python daemon could reach on this machine: the same length-prefixed MessagePack frames
-that bucketlyd receives, decoded with ormsgpack and applied to the same ``UniqueClicks`` handler,
+that bucketlyd receives, decoded with ormsgpack and applied to the same handler (``UniqueClicks``
+unless ``--handler`` names another of ``bench/handlers.py``),
 with nothing else (no authentication, greeting, permissions, bucket runtime or durability).
 Replies are those of bucketly, one per request, coalesced into one write per ``data_received``.
 
 Ops: ``send`` (``events``, ``ack``) -> ``{"accepted": n}``; ``view`` (``name`` = ``count`` with
 ``url``, or ``totals``) -> the view's value; ``stats`` -> totals plus the process's RSS.
 
-Run it as ``python -m bench.peers.bare_server --port P --gc tuned``; it stops on SIGTERM.
+Run it as ``python -m bench.peers.bare_server --port P --gc tuned [--handler NAME]``; it stops
+on SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import ormsgpack
 
-from bench.handlers import UniqueClicks
+from bench.handlers import DEFAULT, HANDLERS
 from bench.harness import GC_MODES, apply_gc_mode, rss_bytes
 
 _HEADER = struct.Struct(">I")
@@ -30,7 +32,7 @@ _UNPACK_OPTIONS = ormsgpack.OPT_NON_STR_KEYS
 
 
 class BareProtocol(asyncio.Protocol):
-    def __init__(self, handler: UniqueClicks, start_rss: int) -> None:
+    def __init__(self, handler: Any, start_rss: int) -> None:
         self.handler = handler
         self.start_rss = start_rss
         self.buffer = bytearray()
@@ -89,9 +91,9 @@ def rss_bytes_self() -> int:
     return rss_bytes(os.getpid())
 
 
-async def serve(port: int, gc_mode: str) -> None:
+async def serve(port: int, gc_mode: str, handler_name: str) -> None:
     loop = asyncio.get_running_loop()
-    handler = UniqueClicks({})
+    handler = HANDLERS[handler_name]({})
     apply_gc_mode(gc_mode)
     start_rss = rss_bytes_self()
     server = await loop.create_server(
@@ -108,8 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--gc", choices=(*GC_MODES, "off"), default="default")
+    parser.add_argument("--handler", choices=sorted(HANDLERS), default=DEFAULT)
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.gc))
+    asyncio.run(serve(args.port, args.gc, args.handler))
 
 
 if __name__ == "__main__":

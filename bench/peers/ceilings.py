@@ -1,7 +1,8 @@
 """The ceilings: what Python reaches with no daemon around the handler.
 
-- in-process: the ``UniqueClicks`` handler fed the decoded batches with no network (``handler``),
-  and the same with the MessagePack decoding of each frame body included (``decode``);
+- in-process: the handler (``UniqueClicks`` unless told otherwise) fed the decoded batches
+  with no network (``handler``), and the same with the MessagePack decoding of each frame body
+  included (``decode``);
 - bare server: ``bare_server.py`` in a subprocess, fed the same pre-encoded frames over 1 or 8
   connections, with CPython's default GC and with the GC tuned like an ingestion daemon.
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import ormsgpack
 
-from bench.handlers import UniqueClicks
+from bench.handlers import DEFAULT, HANDLERS
 from bench.harness import (
     PYTHON,
     REPO,
@@ -51,7 +52,7 @@ def drive_inprocess(opts: dict[str, Any]) -> dict[str, Any]:
     decoded = None
     if opts["mode"] == "handler":
         decoded = [unpackb(b, option=_UNPACK_OPTIONS)["events"] for b in bodies]
-    handler = UniqueClicks({})
+    handler = HANDLERS[opts.get("handler", DEFAULT)]({})
     apply_gc_mode(opts.get("gc", "default"))
     rss_before = rss_bytes(os.getpid())
     on_events = handler.on_events
@@ -142,19 +143,22 @@ def drive_bare_view(opts: dict[str, Any]) -> dict[str, Any]:
 # -- orchestration -------------------------------------------------------------------------
 
 
-def start_bare_server(procs: Processes, gc_mode: str) -> tuple[subprocess.Popen[Any], int]:
+def start_bare_server(procs: Processes, gc_mode: str, handler: str = DEFAULT
+                      ) -> tuple[subprocess.Popen[Any], int]:
     port = free_port()
     proc = procs.start(
-        [PYTHON, "-m", "bench.peers.bare_server", "--port", str(port), "--gc", gc_mode],
+        [PYTHON, "-m", "bench.peers.bare_server", "--port", str(port), "--gc", gc_mode,
+         "--handler", handler],
         cwd=REPO, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     wait_for_port(port, proc)
     return proc, port
 
 
-def bare_run(procs: Processes, workload: str, connections: int, gc_mode: str) -> dict[str, Any]:
+def bare_run(procs: Processes, workload: str, connections: int, gc_mode: str,
+             handler: str = DEFAULT) -> dict[str, Any]:
     """One throughput run against a fresh bare server."""
-    proc, port = start_bare_server(procs, gc_mode)
+    proc, port = start_bare_server(procs, gc_mode, handler)
     try:
         return run_driver(procs, "bare-feed", workload=workload, port=port,
                           connections=connections, server_pid=proc.pid)
@@ -164,5 +168,7 @@ def bare_run(procs: Processes, workload: str, connections: int, gc_mode: str) ->
             raise RunFailed(f"bare server exited with {code}")
 
 
-def inprocess_run(procs: Processes, workload: str, mode: str, gc_mode: str) -> dict[str, Any]:
-    return run_driver(procs, "inprocess", workload=workload, mode=mode, gc=gc_mode)
+def inprocess_run(procs: Processes, workload: str, mode: str, gc_mode: str,
+                  handler: str = DEFAULT) -> dict[str, Any]:
+    return run_driver(procs, "inprocess", workload=workload, mode=mode, gc=gc_mode,
+                      handler=handler)
