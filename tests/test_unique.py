@@ -9,6 +9,7 @@ import gc
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -115,6 +116,35 @@ def canon(x):
 
 def canon_items(items):
     return {canon(k): sorted(canon(v) for v in vs) for k, vs in items.items()}
+
+
+def decode_pairs(pairs):
+    """export()'s pairs as a list of lists of value indexes (one per key)."""
+    words = struct.unpack(f"<{len(pairs) // 4}I", pairs)
+    assert len(pairs) == 4 * len(words)
+    out, pos = [], 0
+    while pos < len(words):
+        n = words[pos]
+        out.append(list(words[pos + 1 : pos + 1 + n]))
+        pos += 1 + n
+    assert pos == len(words)
+    return out
+
+
+def check_export(exported, idx):
+    """The format of export(): what it describes is idx.items(), with the same objects."""
+    keys, values, pairs = exported
+    assert type(keys) is list and type(values) is list and type(pairs) is bytes
+    lists = decode_pairs(pairs)
+    assert len(lists) == len(keys)
+    assert len({id(v) for v in values}) == len(values)
+    described = {}
+    for key, indexes in zip(keys, lists, strict=True):
+        assert indexes, "only keys with a value are exported"
+        assert len(set(indexes)) == len(indexes)
+        described[id(key)] = sorted(id(values[i]) for i in indexes)
+    assert described == {id(k): sorted(map(id, vs)) for k, vs in idx.items().items()}
+    assert len(pairs) == 4 * (idx.key_count() + len(idx))
 
 
 def check_same(idx, model):
@@ -344,6 +374,14 @@ class IndexMachine(RuleBasedStateMachine):
         old_model.add(k, v)
         old.add(k, v)
         self.old = (old, old_model)
+
+    @rule()
+    def export_swap(self):
+        """Go on with the index rebuilt from its export (whose sets were sized at once)."""
+        exported = self.idx.export()
+        check_export(exported, self.idx)
+        self.idx = type(self.idx).from_export(*exported)
+        check_same(self.idx, self.model)
 
     @rule(k=hashables, v=hashables)
     def contains(self, k, v):
@@ -1151,3 +1189,296 @@ def test_update_hashes_key_per_value(impl):
     assert idx.update({Key("k"): [f"v{i}" for i in range(50)] + ["v0"]}) == 50
     assert len(calls) >= 51
     assert idx.count("k") == 50
+
+
+# --------------------------------------------------------------------------
+# export() / from_export(): the compact snapshot form, checked on import
+# --------------------------------------------------------------------------
+
+
+def u32(*words):
+    return struct.pack(f"<{len(words)}I", *words)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("target", IMPLS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(hashables, hashables), max_size=300),
+    st.lists(st.tuples(hashables, hashables), max_size=30),
+)
+def test_export_roundtrip(impl, target, pairs, more):
+    """export() then from_export(), on the same or the other implementation."""
+    idx, model = impl(), Model()
+    for k, v in pairs:
+        assert idx.add(k, v) is model.add(k, v)
+    exported = idx.export()
+    check_export(exported, idx)
+    new = target.from_export(*exported)
+    assert type(new) is target
+    check_same(new, model)
+    same_objects(new, idx)
+    # the import canonicalises the values its original saw (1.0 after 1 is 1)
+    m2 = model.copy()
+    for k, v in more:
+        assert new.add(k, v) is m2.add(k, v)
+    check_same(new, m2)
+    check_same(idx, model)
+
+
+@st.composite
+def export_data(draw):
+    keys = draw(st.lists(hashables, max_size=8))
+    values = draw(st.lists(hashables, max_size=12))
+    lists = [
+        draw(st.lists(st.integers(0, len(values) - 1), max_size=10)) if values else [] for _ in keys
+    ]
+    return keys, values, lists
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(export_data())
+def test_from_export_is_add_in_order(impl, data):
+    """Any valid data (equal keys or values, repeated indexes, unused values, keys with no
+    value) gives what add(key, value) for each pair in order gives."""
+    keys, values, lists = data
+    pairs = b"".join(u32(len(ixs), *ixs) for ixs in lists)
+    model = Model()
+    for key, ixs in zip(keys, lists, strict=True):
+        for i in ixs:
+            model.add(key, values[i])
+    for blob in (pairs, bytearray(pairs), memoryview(pairs)):
+        new = impl.from_export(list(keys), list(values), blob)
+        check_same(new, model)
+        # and the export of that describes the same index
+        check_same(impl.from_export(*new.export()), model)
+
+
+def test_from_export_equal_objects(impl):
+    """1 == 1.0 == True: merged as add() merges them, the first object used kept."""
+    keys = [1.0, 1, True, "k", "k"]
+    values = [1.0, True, 1, "v", 2, 2.0]
+    pairs = u32(0) + u32(2, 2, 3) + u32(1, 0) + u32(3, 1, 5, 5) + u32(1, 4)
+    new = impl.from_export(keys, values, pairs)
+    items = new.items()
+    assert canon_items(items) == {
+        canon(1): sorted([canon(1), canon("v")]),
+        canon("k"): sorted([canon(1), canon(2.0)]),
+    }
+    assert [type(k) for k in items] == [int, str]
+    assert len(new) == 4 and new.key_count() == 2
+    assert new.count(True) == 2 and new.contains(1.0, True) and new.contains("k", 2)
+    # the same as adding each pair in order
+    ref = impl()
+    for k, v in [(1, 1), (1, "v"), (True, 1.0), ("k", True), ("k", 2.0), ("k", 2.0), ("k", 2)]:
+        ref.add(k, v)
+    assert canon_items(ref.items()) == canon_items(items)
+
+
+def test_export_empty(impl):
+    idx = impl()
+    assert idx.export() == ([], [], b"")
+    for new in (
+        impl.from_export([], [], b""),
+        impl.from_export(["a", "b"], ["x"], u32(0, 0)),
+        impl.from_export([], ["x", "y"], bytearray()),
+    ):
+        assert type(new) is impl and len(new) == 0 and new.key_count() == 0
+        assert new.items() == {} and new.export() == ([], [], b"")
+    idx.add("a", 1)
+    idx.clear()
+    assert idx.export() == ([], [], b"")
+    assert len(impl.from_export(*idx.export())) == 0
+
+
+BAD_EXPORTS = [
+    # (keys, values, pairs, exception, message)
+    (("a",), ["x"], u32(1, 0), TypeError, "from_export(): keys must be a list, not tuple"),
+    (["a"], {"x": 1}, u32(1, 0), TypeError, "from_export(): values must be a list, not dict"),
+    (["a"], ["x"], "\x01\x00\x00\x00\x00\x00\x00\x00", TypeError, None),
+    (["a"], ["x"], [1, 0], TypeError, None),
+    (["a"], ["x"], b"", ValueError, "pairs is truncated: no count for key 0 at byte 0 of 0"),
+    (
+        ["a"],
+        ["x"],
+        b"\x01\x00",
+        ValueError,
+        "pairs is truncated: no count for key 0 at byte 0 of 2",
+    ),
+    (
+        ["a", "b"],
+        ["x"],
+        u32(1, 0) + b"\x00",
+        ValueError,
+        "pairs is truncated: no count for key 1 at byte 8 of 9",
+    ),
+    (
+        ["a"],
+        ["x"],
+        u32(2, 0),
+        ValueError,
+        "pairs: the count of key 0 (2) goes past the end (4 bytes left)",
+    ),
+    (
+        ["a"],
+        ["x"],
+        u32(1) + b"\x00\x00",
+        ValueError,
+        "pairs: the count of key 0 (1) goes past the end (2 bytes left)",
+    ),
+    (
+        ["a", "b"],
+        ["x"],
+        u32(0, 0xFFFFFFFF, 0),
+        ValueError,
+        "pairs: the count of key 1 (4294967295) goes past the end (4 bytes left)",
+    ),
+    (
+        ["a"],
+        ["x", "y"],
+        u32(3, 0, 2, 1),
+        ValueError,
+        "pairs: value index 2 of key 0 is out of range (2 values)",
+    ),
+    (
+        ["a"],
+        [],
+        u32(1, 0),
+        ValueError,
+        "pairs: value index 0 of key 0 is out of range (0 values)",
+    ),
+    (
+        ["a"],
+        ["x"],
+        u32(1, 0, 0),
+        ValueError,
+        "pairs has 4 trailing bytes after the entries of its 1 keys",
+    ),
+    (
+        ["a"],
+        ["x"],
+        u32(1, 0) + b"\x00",
+        ValueError,
+        "pairs has 1 trailing bytes after the entries of its 1 keys",
+    ),
+    (
+        [],
+        ["x"],
+        u32(0),
+        ValueError,
+        "pairs has 4 trailing bytes after the entries of its 0 keys",
+    ),
+    (["a", ["b"]], ["x"], u32(1, 0, 0), TypeError, "unhashable type: 'list'"),
+    (["a"], ["x", {"y": 1}], u32(1, 0), TypeError, "unhashable type: 'dict'"),
+    ([{"a"}], ["x"], u32(1, 0), TypeError, "unhashable type: 'set'"),
+]
+
+
+@pytest.mark.parametrize("keys, values, pairs, exc, message", BAD_EXPORTS)
+def test_from_export_errors(impl, keys, values, pairs, exc, message):
+    with pytest.raises(exc) as ei:
+        impl.from_export(keys, values, pairs)
+    assert type(ei.value) is exc
+    if message is not None:
+        assert str(ei.value) == message
+
+
+def test_from_export_arity(impl):
+    with pytest.raises(TypeError):
+        impl.from_export([], [])
+    with pytest.raises(TypeError):
+        impl.from_export([], [], b"", b"")
+
+
+def test_from_export_subclass(impl):
+    class Sub(impl):
+        __slots__ = ()
+
+    src = impl()
+    src.add("a", 1)
+    src.add("a", 2)
+    src.add("b", 1)
+    new = Sub.from_export(*src.export())
+    assert type(new) is Sub and canon_items(new.items()) == canon_items(src.items())
+    assert type(impl.from_export(*src.export())) is impl
+
+    class Seeded(impl):
+        """__init__ adds a pair: from_export() adds to what cls() holds."""
+
+        def __init__(self):
+            super().__init__()
+            self.add("seed", 0)
+
+    new = Seeded.from_export(["seed", "a"], [0.0, 5], u32(2, 0, 1, 1, 0))
+    assert type(new) is Seeded
+    assert canon_items(new.items()) == {
+        canon("seed"): sorted([canon(0), canon(5)]),
+        canon("a"): [canon(0)],
+    }
+    assert len(new) == 3
+
+
+def test_from_export_mutable_buffer(impl):
+    """A bytearray changed from __hash__ after the check cannot push an index out of range."""
+    blob = bytearray(u32(1, 0))
+
+    class Key(str):
+        def __hash__(self):
+            blob[4:8] = b"\xff\xff\xff\xff"
+            return str.__hash__(self)
+
+    new = impl.from_export([Key("k")], ["v"], blob)
+    assert new.items() == {"k": ["v"]}
+
+
+def test_from_export_eq_raising(impl):
+    class Bad:
+        def __hash__(self):
+            return 1
+
+        def __eq__(self, other):
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        impl.from_export(["k"], [Bad(), Bad()], u32(2, 0, 1))
+    with pytest.raises(ZeroDivisionError):
+        impl.from_export([Bad(), Bad()], ["v"], u32(1, 0, 1, 0))
+
+
+@needs_native
+def test_export_from_export_refcounts():
+    keys = [f"key-{i}" * 3 for i in range(50)]
+    values = [f"value-{i}" * 3 for i in range(300)]
+    idx = NATIVE()
+    for i, k in enumerate(keys):
+        for j in range(i * 7):
+            idx.add(k, values[(i * 13 + j) % len(values)])
+    before = [sys.getrefcount(o) for o in keys + values]
+    for _ in range(3):
+        exported = idx.export()
+        new = NATIVE.from_export(*exported)
+        check_export(new.export(), new)
+        del exported, new
+        with pytest.raises(ValueError):
+            NATIVE.from_export(keys, values, u32(1, 0))
+        with pytest.raises(TypeError):
+            NATIVE.from_export(keys, [*values, []], u32(*([0] * len(keys))))
+    gc.collect()
+    assert [sys.getrefcount(o) for o in keys + values] == before
+
+
+@needs_native
+def test_export_large_sets():
+    """Keys with one, two (inline) and thousands of values (tables), each value under
+    several keys."""
+    idx, model = NATIVE(), Model()
+    for i in range(20):
+        for j in range(0, 5000, 1 + i * i):
+            assert idx.add(i, f"v{j}") is model.add(i, f"v{j}")
+    exported = idx.export()
+    check_export(exported, idx)
+    new = NATIVE.from_export(*exported)
+    check_same(new, model)
+    check_same(PyUniqueIndex.from_export(*exported), model)
+    check_same(NATIVE.from_export(*PyUniqueIndex.from_export(*exported).export()), model)

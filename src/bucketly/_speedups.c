@@ -45,6 +45,14 @@
  * once rather than per value, and sizes a new key's set for the whole
  * list: about 4x faster than add() called from Python for each pair.
  *
+ * export() gives (keys, values, pairs): the keys with a value and the value
+ * table's objects, each in id order, and bytes holding for each key a
+ * little-endian uint32 count then its value ids (about 1.5 ms for a million
+ * pairs).  from_export(keys, values, pairs) checks the data (it comes from
+ * a file) before building anything, then does what cls() and add() of each
+ * pair in order would, looking each key and each value index up once and
+ * sizing each key's set for its count (about 17 ms for a million pairs).
+ *
  * Errors
  * ------
  * Every exception raised by add_events() carries an int attribute
@@ -302,10 +310,11 @@ otab_empty_slot(const otab *t, Py_hash_t h)
     return i;
 }
 
+/* Rebuild the table with capacity `ncap` (a power of two, with room for
+   the entries it has). */
 static int
-otab_grow(otab *t)
+otab_resize(otab *t, size_t ncap)
 {
-    size_t ncap = t->slots ? (t->mask + 1) * 2 : OTAB_MIN_CAP;
     if (ncap == 0 || ncap > SIZE_MAX / 2 / sizeof(oslot)) {
         PyErr_NoMemory();
         return -1;
@@ -341,6 +350,26 @@ otab_grow(otab *t)
     t->mask = mask;
     t->grow_at = grow_at;
     return 0;
+}
+
+static int
+otab_grow(otab *t)
+{
+    return otab_resize(t, t->slots ? (t->mask + 1) * 2 : OTAB_MIN_CAP);
+}
+
+/* Best effort: size the table for `n` entries in all (no exception is
+   left set; the inserts grow the table as usual if this fails). */
+static void
+otab_reserve(otab *t, size_t n)
+{
+    size_t cap = t->slots ? t->mask + 1 : OTAB_MIN_CAP;
+    while (cap / 4 * 3 < n && cap < ((size_t)1 << 40))
+        cap *= 2;
+    if (t->slots != NULL && cap == t->mask + 1)
+        return;
+    if (otab_resize(t, cap) < 0)
+        PyErr_Clear();
 }
 
 /* Return the id of `o`, adding it if new (*is_new set accordingly), or -1
@@ -1607,6 +1636,341 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ */
+/* export() / from_export()                                            */
+/* ------------------------------------------------------------------ */
+
+static inline uint32_t
+load_le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+static inline unsigned char *
+store_le32(unsigned char *p, uint32_t x)
+{
+    p[0] = (unsigned char)x;
+    p[1] = (unsigned char)(x >> 8);
+    p[2] = (unsigned char)(x >> 16);
+    p[3] = (unsigned char)(x >> 24);
+    return p + 4;
+}
+
+/* export() -> (keys, values, pairs): the keys with at least one value, in
+   id order; every value of the value table, in id order (the index of a
+   value is its id); pairs = for each key, a little-endian uint32 count
+   then that many uint32 value indexes. */
+static PyObject *
+ui_export(UniqueIndex *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *keys = NULL, *vals = NULL, *pairs = NULL, *res;
+    size_t nwords = self->nkeys_used + self->npairs;
+    if (nwords > (size_t)PY_SSIZE_T_MAX / 4) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    /* Allocating can run Python code (GC, finalizers): hold the guard so
+       that nothing changes until the copy is made. */
+    self->busy++;
+    /* Scratch room for the largest key table: its values are gathered
+       there without a branch per slot (the slots are about half full, in
+       no order: a branch would be mispredicted every other slot). */
+    size_t maxcap = 0;
+    for (uint32_t kid = 0; kid < self->keys.n; kid++) {
+        if (self->ksets[kid].lg && ((size_t)1 << self->ksets[kid].lg) > maxcap)
+            maxcap = (size_t)1 << self->ksets[kid].lg;
+    }
+    uint32_t *scratch = PyMem_Malloc((maxcap + 1) * sizeof(uint32_t));
+    if (scratch == NULL) {
+        self->busy--;
+        PyErr_NoMemory();
+        return NULL;
+    }
+    keys = PyList_New((Py_ssize_t)self->nkeys_used);
+    vals = keys ? PyList_New((Py_ssize_t)self->vals.n) : NULL;
+    pairs = vals ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nwords * 4))
+                 : NULL;
+    res = pairs ? PyTuple_New(3) : NULL;
+    if (res == NULL) {
+        self->busy--;
+        PyMem_Free(scratch);
+        Py_XDECREF(keys);
+        Py_XDECREF(vals);
+        Py_XDECREF(pairs);
+        return NULL;
+    }
+    /* No Python code runs from here on. */
+    for (uint32_t i = 0; i < self->vals.n; i++) {
+        PyObject *o = self->vals.ent[i].obj;
+        Py_INCREF(o);
+        PyList_SET_ITEM(vals, (Py_ssize_t)i, o);
+    }
+    unsigned char *w = (unsigned char *)PyBytes_AS_STRING(pairs);
+    Py_ssize_t k = 0;
+    for (uint32_t kid = 0; kid < self->keys.n; kid++) {
+        const kset *ks = &self->ksets[kid];
+        if (ks->count == 0)
+            continue;
+        PyObject *o = self->keys.ent[kid].obj;
+        Py_INCREF(o);
+        PyList_SET_ITEM(keys, k, o);
+        k++;
+        w = store_le32(w, ks->count);
+        if (ks->lg == 0) {
+            for (uint32_t j = 0; j < ks->count; j++)
+                w = store_le32(w, ks->u.inl[j]);
+            continue;
+        }
+        size_t cap = (size_t)1 << ks->lg, m = 0;
+        const uint32_t *slots = ks->u.slots;
+        for (size_t j = 0; j < cap; j++) {
+            uint32_t x = slots[j];
+            scratch[m] = x - 1;
+            m += (x != 0);
+        }
+        assert(m == ks->count);
+        for (size_t j = 0; j < m; j++)
+            w = store_le32(w, scratch[j]);
+    }
+    PyMem_Free(scratch);
+    assert(k == (Py_ssize_t)self->nkeys_used);
+    assert(w == (unsigned char *)PyBytes_AS_STRING(pairs) + nwords * 4);
+    self->busy--;
+    PyTuple_SET_ITEM(res, 0, keys);
+    PyTuple_SET_ITEM(res, 1, vals);
+    PyTuple_SET_ITEM(res, 2, pairs);
+    return res;
+}
+
+/* Check the layout of `pairs` against nk keys and nv values: ValueError
+   unless every count fits and every index is < nv, with no byte left. */
+static int
+check_pairs(const unsigned char *p, size_t len, Py_ssize_t nk, Py_ssize_t nv)
+{
+    size_t pos = 0;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        if (len - pos < 4) {
+            PyErr_Format(PyExc_ValueError,
+                         "pairs is truncated: no count for key %zd at byte "
+                         "%zu of %zu", i, pos, len);
+            return -1;
+        }
+        uint32_t n = load_le32(p + pos);
+        pos += 4;
+        if (n > (len - pos) / 4) {
+            PyErr_Format(PyExc_ValueError,
+                         "pairs: the count of key %zd (%lu) goes past the "
+                         "end (%zu bytes left)", i, (unsigned long)n,
+                         len - pos);
+            return -1;
+        }
+        for (uint32_t j = 0; j < n; j++, pos += 4) {
+            uint32_t x = load_le32(p + pos);
+            if ((size_t)x >= (size_t)nv) {
+                PyErr_Format(PyExc_ValueError,
+                             "pairs: value index %lu of key %zd is out of "
+                             "range (%zd values)", (unsigned long)x, i, nv);
+                return -1;
+            }
+        }
+    }
+    if (pos != len) {
+        PyErr_Format(PyExc_ValueError,
+                     "pairs has %zu trailing bytes after the entries of its "
+                     "%zd keys", len - pos, nk);
+        return -1;
+    }
+    return 0;
+}
+
+/* Hash every item of the tuple into h[] (TypeError if one is not
+   hashable). */
+static int
+hash_all(PyObject *tup, Py_hash_t *h)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tup); i++) {
+        PyObject *o = PyTuple_GET_ITEM(tup, i);
+        Py_hash_t x = str_cached_hash(o);
+        if (x == -1) {
+            x = PyObject_Hash(o);
+            if (x == -1)
+                return -1;
+        }
+        h[i] = x;
+    }
+    return 0;
+}
+
+/* Fill the empty native index `u` from checked data: add(key, value) for
+   each pair, in order, with each key and value looked up once. */
+static int
+fill_from_export(UniqueIndex *u, PyObject *keys, PyObject *vals,
+                 const Py_hash_t *kh, const Py_hash_t *vh,
+                 const unsigned char *p, size_t npairs)
+{
+    Py_ssize_t nk = PyTuple_GET_SIZE(keys), nv = PyTuple_GET_SIZE(vals);
+    uint32_t *vmap = PyMem_Malloc((nv ? (size_t)nv : 1) * sizeof(uint32_t));
+    if (vmap == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(vmap, 0xFF, (size_t)nv * sizeof(uint32_t));   /* not yet seen */
+    int ret = -1;
+    u->busy++;
+    /* best-effort presizing */
+    otab_reserve(&u->keys, (size_t)nk);
+    otab_reserve(&u->vals, (size_t)nv < npairs ? (size_t)nv : npairs);
+    size_t pos = 0;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        uint32_t n = load_le32(p + pos);
+        pos += 4;
+        if (n == 0)
+            continue;
+        int is_new;
+        if (ksets_reserve(u) < 0)
+            goto done;
+        int64_t kid = otab_intern(&u->keys, PyTuple_GET_ITEM(keys, i), kh[i],
+                                  &is_new);
+        if (kid < 0)
+            goto done;
+        kset *ks = &u->ksets[kid];
+        kset_presize(ks, n, &u->kset_bytes);
+        for (uint32_t j = 0; j < n; j++, pos += 4) {
+            uint32_t x = load_le32(p + pos);
+            uint32_t vid = vmap[x];
+            if (vid == UINT32_MAX) {
+                int64_t r = otab_intern(&u->vals, PyTuple_GET_ITEM(vals, x),
+                                        vh[x], &is_new);
+                if (r < 0)
+                    goto done;
+                vmap[x] = vid = (uint32_t)r;
+            }
+            int r = kset_add_fast(ks, vid);
+            if (r < 0) {
+                if (add_pair(u, (uint32_t)kid, vid) < 0)
+                    goto done;
+            }
+            else if (r > 0) {
+                u->npairs++;
+                if (ks->count == 1)
+                    u->nkeys_used++;
+            }
+        }
+    }
+    ret = 0;
+done:
+    u->busy--;
+    PyMem_Free(vmap);
+    return ret;
+}
+
+/* The general case (cls() is not an empty native index): res.add(k, v)
+   for each pair, in order. */
+static int
+add_from_export(PyObject *res, PyObject *keys, PyObject *vals,
+                const unsigned char *p)
+{
+    PyObject *name = PyUnicode_InternFromString("add");
+    if (name == NULL)
+        return -1;
+    size_t pos = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
+        uint32_t n = load_le32(p + pos);
+        pos += 4;
+        for (uint32_t j = 0; j < n; j++, pos += 4) {
+            PyObject *r = PyObject_CallMethodObjArgs(
+                res, name, PyTuple_GET_ITEM(keys, i),
+                PyTuple_GET_ITEM(vals, load_le32(p + pos)), NULL);
+            if (r == NULL) {
+                Py_DECREF(name);
+                return -1;
+            }
+            Py_DECREF(r);
+        }
+    }
+    Py_DECREF(name);
+    return 0;
+}
+
+/* from_export(keys, values, pairs): a new cls() holding the pairs that
+   export() described -- the same as cls() then add(key, value) for each
+   pair in order (so equal keys or values are merged, the first object
+   kept) -- after checking the data, which may come from a file. */
+static PyObject *
+ui_from_export(PyObject *cls, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "from_export() takes exactly 3 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    const char *names[2] = {"keys", "values"};
+    for (int i = 0; i < 2; i++) {
+        if (!PyList_Check(args[i])) {
+            PyErr_Format(PyExc_TypeError,
+                         "from_export(): %s must be a list, not %.200s",
+                         names[i], Py_TYPE(args[i])->tp_name);
+            return NULL;
+        }
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *res = NULL;
+    Py_hash_t *kh = NULL, *vh = NULL;
+    unsigned char *owned = NULL;
+    /* Snapshots: hashing and comparing may run Python code. */
+    PyObject *keys = PyList_AsTuple(args[0]);
+    PyObject *vals = keys ? PyList_AsTuple(args[1]) : NULL;
+    if (vals == NULL)
+        goto done;
+    Py_ssize_t nk = PyTuple_GET_SIZE(keys), nv = PyTuple_GET_SIZE(vals);
+    const unsigned char *p = view.buf;
+    size_t len = (size_t)view.len;
+    if (!PyBytes_Check(args[2])) {
+        /* A mutable buffer could change under us (from __hash__/__eq__)
+           after the check: work on a private copy. */
+        owned = PyMem_Malloc(len ? len : 1);
+        if (owned == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(owned, view.buf, len);
+        p = owned;
+    }
+    if (check_pairs(p, len, nk, nv) < 0)
+        goto done;
+    kh = PyMem_Malloc((nk ? (size_t)nk : 1) * sizeof(Py_hash_t));
+    vh = PyMem_Malloc((nv ? (size_t)nv : 1) * sizeof(Py_hash_t));
+    if (kh == NULL || vh == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (hash_all(keys, kh) < 0 || hash_all(vals, vh) < 0)
+        goto done;
+    res = PyObject_CallNoArgs(cls);
+    if (res == NULL)
+        goto done;
+    int r;
+    if (is_pristine(res))
+        r = fill_from_export((UniqueIndex *)res, keys, vals, kh, vh, p,
+                             len / 4 - (size_t)nk);
+    else
+        r = add_from_export(res, keys, vals, p);
+    if (r < 0)
+        Py_CLEAR(res);
+done:
+    PyMem_Free(owned);
+    PyMem_Free(kh);
+    PyMem_Free(vh);
+    Py_XDECREF(keys);
+    Py_XDECREF(vals);
+    PyBuffer_Release(&view);
+    return res;
+}
+
 /* __copy__(): self.copy(), as in the Python version. */
 static PyObject *
 ui_copy_dunder(PyObject *self, PyObject *Py_UNUSED(ignored))
@@ -1642,6 +2006,20 @@ static PyMethodDef ui_methods[] = {
      "before the bad one stay added."},
     {"copy", (PyCFunction)ui_copy, METH_NOARGS,
      "copy() -> an independent copy, of the same type."},
+    {"export", (PyCFunction)ui_export, METH_NOARGS,
+     "export() -> (keys, values, pairs)\n\n"
+     "A compact form of the index: the keys (those with a value), the\n"
+     "distinct values, and pairs: bytes holding, for each key in order, a\n"
+     "little-endian uint32 count n and n little-endian uint32 indexes into\n"
+     "values.  from_export() rebuilds the index."},
+    {"from_export", (PyCFunction)(void (*)(void))ui_from_export,
+     METH_FASTCALL | METH_CLASS,
+     "from_export(keys, values, pairs) -> a new index of this class\n\n"
+     "The index export() described: the same as cls() then add(key, value)\n"
+     "for each pair, in order (equal keys or values are merged, the first\n"
+     "kept).  The data is checked: TypeError unless keys and values are\n"
+     "lists of hashable objects and pairs is bytes-like, ValueError unless\n"
+     "every count and index is in range and pairs has no byte left."},
     {"__copy__", (PyCFunction)ui_copy_dunder, METH_NOARGS,
      "__copy__() -> self.copy()"},
     {"clear", (PyCFunction)ui_clear, METH_NOARGS, "clear() -> None"},

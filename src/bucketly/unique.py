@@ -31,6 +31,9 @@ about half as fast. ``speedups_available()`` tells which one is in use.
 from __future__ import annotations
 
 import os
+import struct
+import sys
+from array import array
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -59,6 +62,45 @@ else:
 
 
 _MISSING = object()
+
+# array typecode of a 4-byte unsigned int (the uint32 of export()'s pairs).
+_U32 = next(code for code in "IL" if array(code).itemsize == 4)
+
+
+def _check_export(keys: Any, values: Any, pairs: Any) -> tuple[tuple[int, ...], ...]:
+    """Check ``from_export()``'s arguments (the same checks, in the same order and with the
+    same messages, as the native class); return each key's value indexes."""
+    for name, arg in (("keys", keys), ("values", values)):
+        if not isinstance(arg, list):
+            raise TypeError(f"from_export(): {name} must be a list, not {type(arg).__name__}")
+    data = bytes(memoryview(pairs))  # TypeError unless bytes-like; a private copy
+    end, nv = len(data), len(values)
+    pos = 0
+    out = []
+    for i in range(len(keys)):
+        if end - pos < 4:
+            raise ValueError(f"pairs is truncated: no count for key {i} at byte {pos} of {end}")
+        (n,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if n > (end - pos) // 4:
+            raise ValueError(
+                f"pairs: the count of key {i} ({n}) goes past the end ({end - pos} bytes left)"
+            )
+        indexes = struct.unpack_from(f"<{n}I", data, pos)
+        pos += 4 * n
+        if n and max(indexes) >= nv:
+            bad = next(x for x in indexes if x >= nv)
+            raise ValueError(f"pairs: value index {bad} of key {i} is out of range ({nv} values)")
+        out.append(indexes)
+    if pos != end:
+        raise ValueError(
+            f"pairs has {end - pos} trailing bytes after the entries of its {len(keys)} keys"
+        )
+    for obj in keys:
+        hash(obj)
+    for obj in values:
+        hash(obj)
+    return tuple(out)
 
 
 def _missing(index: int, field: Any) -> KeyError:
@@ -213,6 +255,43 @@ class PyUniqueIndex(_Common):
     def __len__(self) -> int:
         """How many distinct pairs."""
         return self._pairs
+
+    def export(self) -> tuple[list[Any], list[Any], bytes]:
+        """A compact form of the whole index: ``(keys, values, pairs)``.
+
+        ``keys`` are the keys (those with a value), ``values`` the distinct values (each object
+        once), ``pairs`` bytes holding, for each key in order, a little-endian uint32 count
+        ``n`` then ``n`` little-endian uint32 indexes into ``values``. ``from_export()``
+        rebuilds the index; ``items()`` repeats a value once per key, this does not.
+        """
+        keys = list(self._sets)
+        values = list(self._canonical)
+        position = {value: i for i, value in enumerate(values)}.__getitem__
+        words = array(_U32)
+        for seen in self._sets.values():
+            words.append(len(seen))
+            words.extend(map(position, seen))
+        if sys.byteorder != "little":
+            words.byteswap()
+        return keys, values, words.tobytes()
+
+    @classmethod
+    def from_export(cls, keys: list[Any], values: list[Any], pairs: Any) -> Any:
+        """A new index of this class holding what ``export()`` described: the same as
+        ``cls()`` then ``add(key, value)`` for each pair in order (equal keys or values are
+        merged, the first object kept).
+
+        The data is checked first (it may come from a file): ``TypeError`` unless ``keys`` and
+        ``values`` are lists of hashable objects and ``pairs`` is bytes-like, ``ValueError``
+        unless every count and index is in range and ``pairs`` has no byte left over.
+        """
+        indexes = _check_export(keys, values, pairs)
+        new = cls()
+        add = new.add
+        for key, key_indexes in zip(keys, indexes, strict=True):
+            for i in key_indexes:
+                add(key, values[i])
+        return new
 
 
 if _speedups is not None:
