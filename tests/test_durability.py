@@ -239,6 +239,28 @@ def test_fire_and_forget_sends_to_a_durable_bucket(db: Path, servers: list) -> N
     assert ledger(server) == list(range(10))
 
 
+def test_single_events_and_batches_both_replay_after_kill_9(db: Path, servers: list) -> None:
+    """A batch is logged as the send frame it came in, a single ``event`` as an array of one:
+    recovery reads both, in order, whatever else the frame carried."""
+    servers.append(server := start(db))
+    with server.client() as client:
+        client.create_bucket("d", "Ledger", durable=True)
+    raw = RawConnection(server.host, server.port)
+    try:
+        raw.auth()
+        raw.request(1, "send", bucket="d", event={"n": 0})
+        raw.request(2, "send", bucket="d", events=[{"n": 1}, [2, "two"]], producer="p", seq=1)
+        raw.request(3, "send", bucket="d", event=3, ack=True)
+        raw.request(4, "send", bucket="d", events=[], ack=True)
+        raw.request(5, "send", bucket="d", events=[None, {"n": 5}])
+        assert [raw.read().result["accepted"] for _ in range(5)] == [1, 2, 1, 0, 2]
+    finally:
+        raw.close()
+    server.kill()
+    servers.append(server := start(db))
+    assert ledger(server) == [{"n": 0}, {"n": 1}, [2, "two"], 3, None, {"n": 5}]
+
+
 def test_pipelined_durable_sends_keep_order_and_a_view_sees_them(db: Path, servers: list) -> None:
     from bucketly.protocol import encode_request
 

@@ -431,9 +431,15 @@ class DurableLog:
         events: list[Any],
         producer: str | None = None,
         producer_seq: int | None = None,
+        payload: bytes | None = None,
     ) -> asyncio.Future[dict[str, Any]]:
         """Queue a batch for ``bucket`` (durable). The future gives the send's result once the
-        batch is on disk and applied, or raises the send's error (``storage_error``...)."""
+        batch is on disk and applied, or raises the send's error (``storage_error``...).
+
+        ``payload``: what to log, if the caller has it encoded already: a MessagePack map whose
+        ``"events"`` are ``events`` (the send request as received). By default the events are
+        encoded as an array.
+        """
         journal = bucket.log
         assert journal is not None
         if producer is not None:
@@ -441,7 +447,8 @@ class DurableLog:
             if pending is not None:
                 return pending.future
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        record = Record(bucket, journal, events, pack(events), producer, producer_seq, future)
+        record = Record(bucket, journal, events, pack(events) if payload is None else payload,
+                        producer, producer_seq, future)
         if producer is not None:
             journal.pending[(producer, producer_seq)] = record  # type: ignore[index]
         self._queue.append(record)
@@ -922,6 +929,8 @@ class DurableLog:
                         events = unpack(payload)
                     except BadFrame:
                         events = None
+                    if isinstance(events, dict):  # a send request as received: see append()
+                        events = events.get("events")
                 if not isinstance(events, list):
                     if seq == newest:
                         await self._drop_torn_record(name, seq, len(payload))

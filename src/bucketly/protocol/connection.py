@@ -70,7 +70,7 @@ class ServerProtocol:
         if body is None:
             return None
         try:
-            return request_from_wire(unpack(body))
+            return request_from_wire(unpack(body), body)
         except BadRequest as exc:
             request_id = exc.detail.get("id") if isinstance(exc.detail, dict) else None
             return ErrorReply(request_id, exc.code, exc.message)

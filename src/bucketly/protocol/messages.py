@@ -82,6 +82,9 @@ class Request:
     id: int
     op: str
     args: dict[str, Any] = field(default_factory=dict)
+    #: The frame body it was decoded from (server side), kept so that a durable bucket can log
+    #: a send as received instead of encoding its events again.
+    body: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
         return {"id": self.id, "op": self.op, **self.args}
@@ -135,8 +138,8 @@ def _is_request_id(value: Any) -> bool:
     return type(value) is int and 0 <= value < 2**64
 
 
-def request_from_wire(obj: Any) -> Request:
-    """Validate a decoded frame body as a ``Request``.
+def request_from_wire(obj: Any, body: bytes | None = None) -> Request:
+    """Validate a decoded frame body as a ``Request`` (``body``: the bytes it came from).
 
     Raises ``BadRequest``; when the body carried a usable id, ``exc.detail`` is
     ``{"id": <id>}`` so that the error can still be matched to the request.
@@ -150,7 +153,7 @@ def request_from_wire(obj: Any) -> Request:
     if type(op) is not str:
         raise BadRequest('a request needs an "op": a string', detail={"id": request_id})
     args = {k: v for k, v in obj.items() if k != "id" and k != "op"}
-    return Request(request_id, op, args)
+    return Request(request_id, op, args, body)
 
 
 def decode_server_message(obj: Any) -> Greeting | Reply | ErrorReply:

@@ -409,7 +409,10 @@ class ServerConnection(asyncio.Protocol):
                 return None
         if bucket.log is not None:
             # Durable: applied and acknowledged once on disk; see _pipeline_send.
-            future = self.server.durable.append(bucket, events, producer, seq)
+            # A batch is logged as the frame it came in (a map whose "events" are the batch):
+            # already encoded, so not encoded again.
+            payload = request.body if "events" in args else None
+            future = self.server.durable.append(bucket, events, producer, seq, payload)
             self._pipeline_send(request.id, future, ack)
             return None
         bucket.apply(events)
