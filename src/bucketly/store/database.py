@@ -29,6 +29,12 @@ log = logging.getLogger("bucketly.store")
 
 T = TypeVar("T")
 
+#: Pages (4 KiB) the write-ahead log may hold before SQLite copies them into the file. SQLite's
+#: default, 1,000, checkpoints a durable bucket taking a million events a second a dozen times a
+#: second; 8,000 (up to 32 MiB of WAL) took 7% less server CPU per durable event (0.62 -> 0.57
+#: CPU-s per million events, bench/run.py's workload).
+WAL_AUTOCHECKPOINT_PAGES = 8000
+
 #: Numbered schema migrations. Never edit a released one: append a new one.
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -191,6 +197,7 @@ class Database:
         # snapshot: 0.23 s -> 0.07 s with FAST). FAST still zeroes what it rewrites anyway;
         # deleted data is not a secret a database file can keep (docs/security.md).
         conn.execute("PRAGMA secure_delete=FAST")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
