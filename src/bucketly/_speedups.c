@@ -471,6 +471,25 @@ kset_home(uint32_t vid, uint32_t lg)
     return lg >= 32 ? (size_t)x : (size_t)(x >> (32 - lg));
 }
 
+/* Look vid up in a table with capacity 1 << lg: 1 if present, else 0 and
+   *slot = the empty slot where it would go. */
+static inline int
+kset_probe(const uint32_t *slots, uint32_t lg, uint32_t vid, size_t *slot)
+{
+    size_t mask = ((size_t)1 << lg) - 1;
+    size_t i = kset_home(vid, lg);
+    for (;;) {
+        uint32_t x = slots[i];
+        if (x == vid + 1)
+            return 1;
+        if (x == 0) {
+            *slot = i;
+            return 0;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
 /* Put vid (known absent) into a table with capacity 1 << lg. */
 static inline void
 kset_put(uint32_t *slots, uint32_t lg, uint32_t vid)
@@ -511,18 +530,11 @@ kset_add(kset *ks, uint32_t vid, size_t *bytes)
         return 1;
     }
     uint32_t lg = ks->lg;
-    size_t cap = (size_t)1 << lg, mask = cap - 1;
+    size_t cap = (size_t)1 << lg;
     uint32_t *slots = ks->u.slots;
-    uint32_t s = vid + 1;
-    size_t i = kset_home(vid, lg);
-    for (;;) {
-        uint32_t x = slots[i];
-        if (x == s)
-            return 0;
-        if (x == 0)
-            break;
-        i = (i + 1) & mask;
-    }
+    size_t i;
+    if (kset_probe(slots, lg, vid, &i))
+        return 0;
     if (UI_UNLIKELY((size_t)c + 1 > cap - cap / 4)) {
         /* grow (doubling) before going over 3/4 */
         if (lg >= 8 * sizeof(size_t) - 3 || lg >= 32) {
@@ -545,7 +557,7 @@ kset_add(kset *ks, uint32_t vid, size_t *bytes)
         kset_put(slots, lg, vid);
     }
     else {
-        slots[i] = s;
+        slots[i] = vid + 1;
     }
     ks->count = c + 1;
     return 1;
@@ -586,21 +598,13 @@ kset_add_fast(kset *ks, uint32_t vid)
     uint32_t lg = ks->lg;
     if (lg == 0)
         return -1;
-    size_t cap = (size_t)1 << lg, mask = cap - 1;
-    uint32_t *slots = ks->u.slots;
-    uint32_t s = vid + 1;
-    size_t i = kset_home(vid, lg);
-    for (;;) {
-        uint32_t x = slots[i];
-        if (x == s)
-            return 0;
-        if (x == 0)
-            break;
-        i = (i + 1) & mask;
-    }
+    size_t cap = (size_t)1 << lg;
+    size_t i;
+    if (kset_probe(ks->u.slots, lg, vid, &i))
+        return 0;
     if ((size_t)ks->count + 1 > cap - cap / 4)
         return -1;
-    slots[i] = s;
+    ks->u.slots[i] = vid + 1;
     ks->count++;
     return 1;
 }
@@ -611,16 +615,8 @@ kset_contains(const kset *ks, uint32_t vid)
     if (ks->lg == 0)
         return (ks->count > 0 && ks->u.inl[0] == vid) ||
                (ks->count > 1 && ks->u.inl[1] == vid);
-    size_t mask = ((size_t)1 << ks->lg) - 1;
-    size_t i = kset_home(vid, ks->lg);
-    for (;;) {
-        uint32_t x = ks->u.slots[i];
-        if (x == vid + 1)
-            return 1;
-        if (x == 0)
-            return 0;
-        i = (i + 1) & mask;
-    }
+    size_t unused;
+    return kset_probe(ks->u.slots, ks->lg, vid, &unused);
 }
 
 static inline void
