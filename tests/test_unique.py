@@ -5,6 +5,7 @@ get wrong (reference counts, memory, re-entrancy, the id limit). With BUCKETLY_R
 (set by .ci/run) a missing native build fails instead of skipping.
 """
 
+import copy
 import gc
 import math
 import os
@@ -1482,3 +1483,27 @@ def test_export_large_sets():
     check_same(new, model)
     check_same(PyUniqueIndex.from_export(*exported), model)
     check_same(NATIVE.from_export(*PyUniqueIndex.from_export(*exported).export()), model)
+
+
+def test_copies_keep_the_subclass_and_deepcopy_works(impl):
+    class Sub(impl):
+        __slots__ = ()
+
+    index = Sub()
+    index.add("k", 1)
+    for other in (index.copy(), copy.copy(index), copy.deepcopy(index)):
+        assert type(other) is Sub and other.items() == {"k": [1]}
+        other.add("k", 2)
+        assert index.count("k") == 1
+
+
+def test_unique_count_reads_maps_in_c_and_arrays_by_position():
+    from bucketly.builtin_handlers import UniqueCount
+
+    by_name = UniqueCount({"key": "url", "value": "user"})
+    by_name.on_events([{"url": "/a", "user": "ann"}, {"url": "/a", "user": "bob"}])
+    by_position = UniqueCount({"key": 0, "value": 1})
+    by_position.on_events([["/a", "ann"], ["/a", "bob"], ["/a", "ann"]])
+    assert by_name.count("/a") == by_position.count("/a") == 2
+    with pytest.raises(MissingFieldError):
+        by_name.on_events([{"url": "/a"}])

@@ -53,8 +53,9 @@ class Count(Handler):
 class UniqueCount(Handler):
     """Count distinct values of one field per value of another.
 
-    Config ``{"key": "url", "value": "user"}``: how many distinct users per URL. The pairs are
-    kept in a ``bucketly.UniqueIndex`` (native core).
+    Config ``{"key": "url", "value": "user"}``: how many distinct users per URL (fields may
+    also be integers, positions in events that are arrays). The pairs are kept in a
+    ``bucketly.UniqueIndex`` (native core).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -64,7 +65,13 @@ class UniqueCount(Handler):
         self.seen = UniqueIndex()
 
     def on_events(self, events: list[Any]) -> None:
-        self.seen.add_events(events, self.key, self.value)
+        if type(self.key) is str and type(self.value) is str:
+            self.seen.add_events(events, self.key, self.value)  # maps: the whole batch in C
+            return
+        # Other fields (integers: positions in array events) are read as event[field].
+        add, key, value = self.seen.add, self.key, self.value
+        for event in events:
+            add(event[key], event[value])
 
     @view
     def count(self, key: Any) -> int:

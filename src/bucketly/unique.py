@@ -143,6 +143,10 @@ class _Common:
     def __copy__(self) -> Any:
         return self.copy()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        # Keys and values are hashable, so treated as immutable: shared, as copy() shares them.
+        return self.copy()
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {len(self)} pairs, {self.key_count()} keys>"
 
@@ -247,7 +251,7 @@ class PyUniqueIndex(_Common):
         self._pairs = 0
 
     def copy(self) -> PyUniqueIndex:
-        new = PyUniqueIndex()
+        new = type(self)()
         new._sets = {key: set(seen) for key, seen in self._sets.items()}
         new._canonical = dict(self._canonical)
         new._pairs = self._pairs
