@@ -303,12 +303,9 @@ def _short(sample: dict[str, Any]) -> str:
 
 
 def ratio(m: Measurement, suite: Suite) -> float | None:
-    ref = suite.find(m.reference) if m.reference else None
-    if ref is None or ref is m:
+    if not m.reference or m.reference == m.key:
         return None
-    pairs = [(a["rate"], b["rate"]) for a, b in zip(m.samples, ref.samples, strict=False)
-             if a is not None and b is not None and b["rate"]]
-    return median([a / b for a, b in pairs]) if pairs else None
+    return round_ratio(suite, m.key, m.reference)
 
 
 # -- reporting -----------------------------------------------------------------------------
@@ -395,14 +392,17 @@ MEMORY_SOURCES = (
 )
 
 
+def _per_pair(suite: Suite, key: str, field_name: str) -> list[float]:
+    """Each run's memory growth (``field_name``) per unique pair held, for measurement ``key``."""
+    m = suite.find(key)
+    return [s[field_name] / s["unique_pairs"] for s in (m.samples if m else [])
+            if s is not None and field_name in s and s.get("unique_pairs")]
+
+
 def memory_rows(suite: Suite) -> list[list[str]]:
     rows = []
     for key, label, field_name in MEMORY_SOURCES:
-        m = suite.find(key)
-        if m is None:
-            continue
-        per_pair = [s[field_name] / s["unique_pairs"] for s in m.samples
-                    if s is not None and field_name in s and s.get("unique_pairs")]
+        per_pair = _per_pair(suite, key, field_name)
         if not per_pair:
             continue
         mid = median(per_pair)
@@ -428,9 +428,7 @@ def _median_of(suite: Suite, key: str, field_name: str = "rate") -> float | None
 
 
 def _memory_per_pair(suite: Suite, key: str, field_name: str) -> float | None:
-    m = suite.find(key)
-    per_pair = [s[field_name] / s["unique_pairs"] for s in (m.samples if m else [])
-                if s is not None and field_name in s and s.get("unique_pairs")]
+    per_pair = _per_pair(suite, key, field_name)
     return median(per_pair) if per_pair else None
 
 
