@@ -277,11 +277,36 @@ def test_pre_auth_byte_budget(hostile_server: RunningServer) -> None:
         big_hello = _frame({"id": 1, "op": "hello", "client": "c" * 40_000})
         reply, closed = probe.outcome(big_hello)
         assert not closed and reply.result["authenticated"] is False
-        # The frame that crosses the budget is still answered; then the connection is closed.
+        # The frame that would cross the budget is not carried out: the connection is closed.
         reply, closed = probe.outcome(big_hello)
-        assert reply.result["authenticated"] is False
-        reply = probe._next(DEADLINE)
-        assert (reply.code, reply.detail) == ("limit_exceeded", {"limit": "pre_auth_bytes"})
+        assert (reply.code, reply.detail, closed) == (
+            "limit_exceeded", {"limit": "pre_auth_bytes"}, True)
+    finally:
+        probe.close()
+
+
+@pytest.mark.parametrize("cut", [None, 1, 30_000])
+def test_pre_auth_byte_budget_counts_whole_frames_however_the_stream_is_cut(
+    hostile_server: RunningServer, cut: int | None
+) -> None:
+    """What runs depends on the frames, not on how TCP cut them: within the budget, or not."""
+    probe = Probe(hostile_server)
+    try:
+        hello = _frame({"id": 1, "op": "hello", "client": "c" * 30_000})
+        ping = encode_request(2, "ping", {})
+        fits = PRE_AUTH_BYTES - 2 * len(hello)  # what is left after two of them
+        assert 0 < fits < len(hello)
+        stream = hello + hello + ping + hello + ping
+        if cut is None:
+            probe.sock.sendall(stream)
+        else:
+            for start in range(0, len(stream), cut if cut > 1 else 4096):
+                probe.sock.sendall(stream[start : start + (cut if cut > 1 else 4096)])
+        replies = [probe._next(DEADLINE) for _ in range(4)]
+        assert [r.result["authenticated"] for r in replies[:2]] == [False, False]
+        assert replies[2].result == "pong"
+        assert (replies[3].code, replies[3].detail) == (
+            "limit_exceeded", {"limit": "pre_auth_bytes"})
         assert probe._next(DEADLINE) is None and probe.closed
     finally:
         probe.close()

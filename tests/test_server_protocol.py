@@ -77,6 +77,11 @@ def test_typed_errors_for_bad_requests(raw: Any) -> None:
         ("send", {"bucket": "b", "event": 1, "ack": "yes"}, "bad_argument"),
         ("send", {"bucket": "b", "event": 1, "other": 1}, "bad_argument"),
         ("send", {"bucket": "nope", "event": 1}, "unknown_bucket"),
+        # Arguments are checked before the bucket's existence (docs/protocol.md), for send too.
+        ("send", {"bucket": "nope", "event": 1, "ack": 0}, "bad_argument"),
+        ("send", {"bucket": "b", "event": 1, "ack": 0}, "bad_argument"),
+        ("send", {"bucket": "nope", "events": 5}, "bad_argument"),
+        ("send", {"bucket": "nope", "event": 1, "producer": "p"}, "bad_argument"),
         ("send", {"bucket": "b", "event": {"boom": True}}, "handler_error"),
         ("create_bucket", {"bucket": "b", "handler": "Recorder"}, "bucket_exists"),
         ("create_bucket", {"bucket": "c", "handler": "Nope"}, "unknown_handler"),

@@ -95,9 +95,10 @@ class ServerConfig:
     )
     pre_auth_bytes: int = _option(
         64 * 1024,
-        "Bytes a client may send before it is authenticated (frames before auth are also "
-        "limited to this size). Beyond it, the connection gets a limit_exceeded error and is "
-        "closed; while an auth is in progress, the server stops reading instead.",
+        "Bytes of frames a client may send before it is authenticated, counted in whole frames "
+        "(a longer frame header then gets frame_too_large). The frame that would go beyond it "
+        "is not carried out: the connection gets a limit_exceeded error and is closed. While "
+        "an auth is in progress, the server stops reading instead.",
     )
     pre_auth_frames: int = _option(
         16,

@@ -135,6 +135,8 @@ class ServerConnection(asyncio.Protocol):
         self._unauthenticated_since = time.monotonic()
         self._pre_auth_bytes = 0
         self._pre_auth_frames = 0
+        #: Bytes of the whole frames read before authentication (``_over_pre_auth_budget``).
+        self._pre_auth_frame_bytes = 0
         #: When the unfinished frame at the end of the buffer began to arrive (None: no such).
         self._frame_started: float | None = None
         #: The task of the async request in progress; later requests wait for it.
@@ -254,6 +256,8 @@ class ServerConnection(asyncio.Protocol):
                     self._yield_turn()
                     break
                 request: Request | ErrorReply | None
+                unauthenticated = self.user is None
+                before = protocol.buffered if unauthenticated else 0
                 if self._held is not None:
                     request, self._held = self._held, None
                 else:
@@ -261,14 +265,11 @@ class ServerConnection(asyncio.Protocol):
                 if request is None:
                     break
                 handled += FRAME_COST
-                if self.user is None:
-                    self._pre_auth_frames += 1
-                    limit = self.server.config.pre_auth_frames
-                    if self._pre_auth_frames > limit:
+                if unauthenticated:
+                    broken = self._count_pre_auth_frame(before - protocol.buffered)
+                    if broken is not None:
                         self._write(out)
-                        self.limit_exceeded(
-                            "pre_auth_frames", f"more than {limit} frames before authentication"
-                        )
+                        self.limit_exceeded(*broken)
                         return
                 if type(request) is Request:
                     events = request.args.get("events")
@@ -299,6 +300,24 @@ class ServerConnection(asyncio.Protocol):
                 self._frame_started = time.monotonic()
         else:
             self._frame_started = None
+
+    def _count_pre_auth_frame(self, frame_bytes: int) -> tuple[str, str] | None:
+        """Count one frame read before authentication: the budget it breaks, if any.
+
+        The budgets count whole frames, so that what happens does not depend on how the stream
+        was cut into reads: a frame is carried out only if it is within both the frame and the
+        byte budget (the ``auth`` frame counts too); the first one beyond either is refused.
+        """
+        config = self.server.config
+        self._pre_auth_frames += 1
+        self._pre_auth_frame_bytes += frame_bytes
+        if self._pre_auth_frames > config.pre_auth_frames:
+            limit = config.pre_auth_frames
+            return "pre_auth_frames", f"more than {limit} frames before authentication"
+        if self._pre_auth_frame_bytes > config.pre_auth_bytes:
+            limit = config.pre_auth_bytes
+            return "pre_auth_bytes", f"more than {limit} bytes sent before authentication"
+        return None
 
     def _yield_turn(self) -> None:
         """Let other connections in before handling the rest of this one's buffer."""
@@ -376,9 +395,8 @@ class ServerConnection(asyncio.Protocol):
             or self._grants_version != self.server.grants_version
         ):
             self._require("send", name, "send")
-        bucket = self.server.buckets.get(name)
-        if bucket is None:
-            raise UnknownBucket(f"no bucket named {name!r}")
+        # Every argument is checked before the bucket's existence, as for any op (the order is
+        # in docs/protocol.md): so a malformed send is bad_argument whether the bucket exists.
         events = args.get("events")
         if events is None:
             if "events" in args:
@@ -393,20 +411,22 @@ class ServerConnection(asyncio.Protocol):
         ack = args.get("ack", True)
         if type(ack) is not bool:
             raise BadArgument("send: argument 'ack' must be a boolean")
-        bucket.check()
         producer = args.get("producer")
         seq = None
         if producer is not None or "seq" in args:
             producer, seq = _check_producer(producer, args.get("seq"))
-            # A resend of a batch applied already is acknowledged, not applied again. (A
-            # durable bucket notes a batch as applied when its commit is done, not here.)
-            if not (bucket.accept(producer, seq) if bucket.log is None
-                    else not bucket.seen(producer, seq)):
-                if ack:
-                    return self.protocol.reply(
-                        request.id, {"accepted": len(events), "duplicate": True}
-                    )
-                return None
+        bucket = self.server.buckets.get(name)
+        if bucket is None:
+            raise UnknownBucket(f"no bucket named {name!r}")
+        bucket.check()
+        # A resend of a batch applied already is acknowledged, not applied again. (A durable
+        # bucket notes a batch as applied when its commit is done, not here.)
+        if seq is not None and producer is not None and not (
+            bucket.accept(producer, seq) if bucket.log is None else not bucket.seen(producer, seq)
+        ):
+            if ack:
+                return self.protocol.reply(request.id, {"accepted": len(events), "duplicate": True})
+            return None
         if bucket.log is not None:
             # Durable: applied and acknowledged once on disk; see _pipeline_send.
             # A batch is logged as the frame it came in (a map whose "events" are the batch):
