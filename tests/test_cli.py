@@ -1,6 +1,6 @@
 """The ``bucketly`` command-line client, driven against a real bucketlyd.
 
-Most tests run the CLI in-process (``bucketly.cli.client.run``, with stdin/stdout/stderr
+Most tests run the CLI in-process (``bucketly.cli.app.run``, with stdin/stdout/stderr
 replaced), which is fast; a few run the real console entry point in a subprocess, to check what
 a shell script sees: real pipes, real exit statuses. The interactive shell and everything that
 needs a terminal is in test_cli_shell.py.
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import bucketly
-from bucketly.cli.client import run
+from bucketly.cli.app import run
 from bucketly.cli.output import to_json
 from bucketly.testing import RunningServer, run_server
 
@@ -102,7 +102,7 @@ def subprocess_cli(*args: str, input: bytes | None = None, env: dict[str, str] |
     full_env = {k: v for k, v in os.environ.items() if k not in _CLI_ENV}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "bucketly.cli.client", *args], input=input,
+        [sys.executable, "-m", "bucketly.cli", *args], input=input,
         capture_output=True, env=full_env, timeout=60, check=False,
     )
 
@@ -596,7 +596,7 @@ def test_a_reader_that_goes_away_is_not_an_error(env: dict[str, str]) -> None:
     full_env = {k: v for k, v in os.environ.items() if k not in _CLI_ENV}
     full_env.update(env)
     process = subprocess.Popen(
-        [sys.executable, "-m", "bucketly.cli.client", "stats", "--watch", "--interval", "0.1"],
+        [sys.executable, "-m", "bucketly.cli", "stats", "--watch", "--interval", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
     )
     assert process.stdout is not None and process.stderr is not None

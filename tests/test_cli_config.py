@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bucketly.cli.config import ConfigError, history_path, resolve_settings
+from bucketly.cli.config import SettingsError, history_path, resolve_settings
 
 
 def write_config(tmp_path: Path, text: str) -> dict[str, str]:
@@ -75,7 +75,7 @@ def test_empty_variables_count_as_unset(tmp_path: Path) -> None:
 ])
 def test_bad_values(tmp_path: Path, env: dict[str, str], message: str) -> None:
     env = {"HOME": str(tmp_path), **env}
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SettingsError, match=message):
         resolve_settings({}, env)
 
 
@@ -88,7 +88,7 @@ def test_bad_values(tmp_path: Path, env: dict[str, str], message: str) -> None:
     ("default_profile = 'missing'\n", "no profile 'missing'"),
 ])
 def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SettingsError, match=message):
         resolve_settings({}, write_config(tmp_path, text))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bucketly.cli import docs
-from bucketly.cli.client import OP_COMMANDS, cli, run
+from bucketly.cli.app import OP_COMMANDS, cli, run
 from bucketly.protocol import OPS
 
 DOCS = Path(__file__).parent.parent / "docs" / "cli.md"

@@ -35,7 +35,7 @@ _NOISE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]|\x1
 #: Runs in the child: become the session's leader's controlling terminal, then the CLI.
 _LAUNCH = (
     "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'bucketly.cli.client', *sys.argv[1:]])"
+    "os.execv(sys.executable, [sys.executable, '-m', 'bucketly.cli', *sys.argv[1:]])"
 )
 
 

@@ -144,7 +144,7 @@ def test_the_cli_speaks_tls(ca: ThrowawayCA, tls_server: RunningServer) -> None:
     env.update(BUCKETLY_HOST=tls_server.host, BUCKETLY_PORT=str(tls_server.port),
                BUCKETLY_USER="admin", BUCKETLY_PASSWORD="admin")
     result = subprocess.run(
-        [sys.executable, "-m", "bucketly.cli.client", "--tls", "--tls-ca", str(ca.ca), "ping"],
+        [sys.executable, "-m", "bucketly.cli", "--tls", "--tls-ca", str(ca.ca), "ping"],
         capture_output=True, text=True, env=env, timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -37,8 +37,8 @@ __all__ = [
     "ENV_PROFILE",
     "ENV_VARS",
     "PROFILE_KEYS",
-    "ConfigError",
     "Settings",
+    "SettingsError",
     "config_path",
     "history_path",
     "load_profiles",
@@ -81,7 +81,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class ConfigError(Exception):
+class SettingsError(Exception):
     """A setting is invalid: a bad value, an unknown profile, a broken config file."""
 
 
@@ -148,30 +148,30 @@ def load_profiles(path: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
     except FileNotFoundError:
         return {}, None
     except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+        raise SettingsError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
+        raise SettingsError(f"the config file {path} is not valid TOML: {exc}") from None
     unknown = set(data) - {"profiles", "default_profile"}
     if unknown:
-        raise ConfigError(
+        raise SettingsError(
             f"{path}: unknown top-level key {sorted(unknown)[0]!r} "
             "(expected 'default_profile' and [profiles.NAME] tables)"
         )
     profiles = data.get("profiles", {})
     default = data.get("default_profile")
     if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
-        raise ConfigError(f"{path}: 'profiles' must hold [profiles.NAME] tables")
+        raise SettingsError(f"{path}: 'profiles' must hold [profiles.NAME] tables")
     if default is not None and not isinstance(default, str):
-        raise ConfigError(f"{path}: 'default_profile' must be a string")
+        raise SettingsError(f"{path}: 'default_profile' must be a string")
     for name, profile in profiles.items():
         for key, value in profile.items():
             if key not in PROFILE_KEYS:
-                raise ConfigError(
+                raise SettingsError(
                     f"{path}: profile {name!r} has an unknown key {key!r}; "
                     f"known keys: {', '.join(PROFILE_KEYS)}"
                 )
             if not _profile_value_ok(key, value):
-                raise ConfigError(
+                raise SettingsError(
                     f"{path}: in profile {name!r}, {key!r} must be {PROFILE_KEYS[key]}"
                 )
     return profiles, default
@@ -193,7 +193,7 @@ def resolve_settings(
     """Merge ``flags`` (values given on the command line; None = not given), ``env`` and the
     profile into ``Settings``. ``profile`` is the ``--profile`` flag.
 
-    Raises ``ConfigError`` for an unknown profile, a bad config file or a bad value.
+    Raises ``SettingsError`` for an unknown profile, a bad config file or a bad value.
     """
     path = config_path(env)
     profiles, default_profile = load_profiles(path)
@@ -204,7 +204,7 @@ def resolve_settings(
     if chosen is not None and chosen not in profiles:
         if explicit or default_profile:
             known = ", ".join(sorted(profiles)) or "none"
-            raise ConfigError(f"no profile {chosen!r} in {path} (profiles: {known})")
+            raise SettingsError(f"no profile {chosen!r} in {path} (profiles: {known})")
         chosen = None
     values: dict[str, Any] = dict(profiles.get(chosen, {})) if chosen else {}
     sources = {key: f"profile {chosen}" for key in values}
@@ -233,9 +233,9 @@ def resolve_settings(
         sources.setdefault(key, "default")
     settings.sources = sources
     if not 0 < settings.port < 65536:
-        raise ConfigError(f"port {settings.port} is out of range (1 to 65535)")
+        raise SettingsError(f"port {settings.port} is out of range (1 to 65535)")
     if settings.timeout <= 0:
-        raise ConfigError(f"timeout must be positive, not {settings.timeout}")
+        raise SettingsError(f"timeout must be positive, not {settings.timeout}")
     return settings
 
 
@@ -244,16 +244,16 @@ def _parse_env(key: str, var: str, raw: str) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"{var}={raw!r} is not a port number") from None
+            raise SettingsError(f"{var}={raw!r} is not a port number") from None
     if key == "timeout":
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(f"{var}={raw!r} is not a number of seconds") from None
+            raise SettingsError(f"{var}={raw!r} is not a number of seconds") from None
     if key == "tls":
         if raw.lower() in _TRUE:
             return True
         if raw.lower() in _FALSE:
             return False
-        raise ConfigError(f"{var}={raw!r}: use 1 or 0")
+        raise SettingsError(f"{var}={raw!r}: use 1 or 0")
     return raw

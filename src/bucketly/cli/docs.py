@@ -15,7 +15,8 @@ import click
 
 from .. import errors
 from ..protocol import OPS
-from .client import EXIT_CANCELLED, EXIT_CLI_BUG, OP_COMMANDS, cli
+from .app import OP_COMMANDS, cli
+from .base import EXIT_CANCELLED, EXIT_CLI_BUG
 from .config import ENV_CONFIG, ENV_HISTORY, ENV_PROFILE, ENV_VARS, PROFILE_KEYS
 from .invocation import EXIT_NO_PASSWORD
 from .output import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
@@ -252,7 +253,7 @@ def ops_table() -> str:
     for name in OPS:
         command = OP_COMMANDS.get(name)
         if command is None:
-            raise AssertionError(f"op {name!r} has no command: add one to bucketly.cli.client")
+            raise AssertionError(f"op {name!r} has no command: add one to bucketly.cli.app")
         shown = command if command.startswith("(") else f"`bucketly {command}`"
         lines.append(f"| `{name}` | {shown} |")
     return "\n".join(lines) + "\n\n"

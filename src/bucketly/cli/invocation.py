@@ -19,18 +19,15 @@ import ssl
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import click
 from click.core import ParameterSource
 
 from ..client import Client
 from ..errors import BucketlyError
-from .config import ENV_VARS, ConfigError, Settings, resolve_settings
+from .config import ENV_VARS, Settings, SettingsError, resolve_settings
 from .output import EXIT_USAGE, CliError, Output
-
-if TYPE_CHECKING:
-    from .shell import Shell
 
 __all__ = [
     "CONNECTION_KEYS",
@@ -114,13 +111,31 @@ def common_option_names() -> str:
     return ", ".join(names)
 
 
+class ShellSession(Protocol):
+    """What a command line run in the interactive shell uses of the shell (``cli.shell.Shell``).
+
+    Declared here, not imported, so that the shell depends on this module and not the reverse.
+    """
+
+    flags: dict[str, Any]
+    verbose: bool
+    json_mode: bool | None
+    settings: Settings
+
+    def client(self) -> Client: ...
+
+    def disconnect(self) -> None: ...
+
+
 class Invocation:
     """The state of one command run: flags given, and the client it opened (closed at the end).
 
     ``shell`` is the interactive shell this line runs in, if any: its connection is reused.
     """
 
-    def __init__(self, shell: Shell | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, shell: ShellSession | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.flags: dict[str, Any] = {}
         self.shell = shell
         self.env: Mapping[str, str] = os.environ if env is None else env
@@ -153,7 +168,7 @@ class Invocation:
         profile = flags.pop("profile", None)
         try:
             return resolve_settings(flags, self.env, profile=profile)
-        except ConfigError as exc:
+        except SettingsError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
 
     def client(self) -> Client:
