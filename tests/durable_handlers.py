@@ -107,3 +107,20 @@ class Picky(bucketly.Handler):
     @bucketly.view
     def all(self):
         return self.events
+
+
+class Quitter(bucketly.Handler):
+    """A ledger whose handler raises SystemExit on the event "quit" (and applies nothing)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.events = []
+
+    def on_event(self, event):
+        if event == "quit":
+            raise SystemExit("quit")
+        self.events.append(event)
+
+    @bucketly.view
+    def all(self):
+        return self.events

@@ -17,11 +17,13 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from .. import __version__
 from ..buckets import Bucket
 from ..buckets.durability import DurableLog
+from ..errors import ConfigError, DataLossDetected
 from ..handlers import HandlerInfo, load_handlers
 from ..store import Database
 from .audit import AuditLog
@@ -141,8 +143,20 @@ class Server:
                 "--tls-cert and --tls-key, or listen on 127.0.0.1 only.",
                 ", ".join(bound),
             )
-        await loop.run_in_executor(None, self.db.open)
+        if config.accept_data_loss and config.quarantine_damaged:
+            raise ConfigError(
+                "--accept-data-loss and --quarantine-damaged exclude each other: give one"
+            )
+        await loop.run_in_executor(
+            None, partial(self.db.open, accept_loss=config.accept_data_loss)
+        )
         log.info("opened database file %s", config.database)
+        if self.db.lost_commits:
+            self._report_loss(
+                None,
+                f"the database file had lost its last {self.db.lost_commits} committed write "
+                "transactions (its mark file was ahead of it); started without them",
+            )
         for user in self.db.users.values():
             if user.default_password:
                 log.warning(
@@ -154,9 +168,8 @@ class Server:
         for row in list(self.db.buckets.values()):
             bucket = Bucket(row, self.handlers.get(row.handler))
             if row.durable and not bucket.broken:
-                # Before its jobs start: they must see the recovered state. A damaged log
-                # raises StorageError, which stops the start with its repair instructions.
-                await self.durable.recover(bucket)
+                # Before its jobs start: they must see the recovered state.
+                await self._recover(bucket)
             if bucket.broken:
                 log.error("bucket %r is unavailable: %s", row.name, bucket.broken)
             self.add_bucket(bucket)
@@ -172,6 +185,28 @@ class Server:
         # logged even when --log-level hides ordinary information.
         level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING
         log.log(level, "bucketlyd ready on %s:%d", *self.address)
+
+    async def _recover(self, bucket: Bucket) -> None:
+        """Recover a durable bucket; on damage, stop the start, unless told otherwise."""
+        config = self.config
+        try:
+            loss = await self.durable.recover(bucket, accept_loss=config.accept_data_loss)
+        except DataLossDetected as exc:
+            if not config.quarantine_damaged:
+                raise  # the message says what is damaged, and the ways out
+            bucket.broken = (
+                f"quarantined at start-up (--quarantine-damaged), its data left untouched: "
+                f"{exc.message}"
+            )
+            self.audit.record("bucket_quarantined", None, None, f"{bucket.name}: {exc.message}")
+            return
+        if loss is not None:
+            self._report_loss(bucket.name, loss)
+
+    def _report_loss(self, bucket: str | None, what: str) -> None:
+        log.error("DATA LOSS ACCEPTED (--accept-data-loss): %s", what)
+        self.audit.record("data_loss_accepted", None, None,
+                          f"{bucket}: {what}" if bucket is not None else what)
 
     async def _sweep(self) -> None:
         """Close connections that broke a timeout (auth, unfinished frame); see connection.py."""
