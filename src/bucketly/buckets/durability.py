@@ -44,7 +44,7 @@ import sqlite3
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -385,10 +385,15 @@ class DurableLog:
         self._pump_task = loop.create_task(self._pump(), name="durable log")
         self._maintenance_task = loop.create_task(self._maintain(), name="durable maintenance")
 
-    async def stop(self) -> None:
-        """Finish everything queued, snapshot every durable bucket with new records, stop."""
+    def stop_maintenance(self) -> None:
+        """No more time-based snapshots or clean-ups (the start of a shutdown)."""
         if self._maintenance_task is not None:
             self._maintenance_task.cancel()
+
+    async def stop(self, skip: Collection[Bucket] = ()) -> None:
+        """Finish everything queued, snapshot every durable bucket with new records (but those
+        in ``skip``), stop."""
+        self.stop_maintenance()
         if self._pump_task is None:
             return
         snapshots = [
@@ -397,6 +402,7 @@ class DurableLog:
             if bucket.log is not None
             and (bucket.log.records_since_snapshot or bucket.log.in_doubt)
             and not bucket.broken
+            and bucket not in skip
         ]
         if snapshots:
             log.info("shutdown: snapshotting %d durable buckets", len(snapshots))
