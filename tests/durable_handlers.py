@@ -1,6 +1,7 @@
 """Handlers of the durability tests (loaded by a real bucketlyd)."""
 
 import collections
+import time
 
 import bucketly
 from bucketly.unique import UNIQUE_INDEX_TYPES
@@ -107,3 +108,47 @@ class Picky(bucketly.Handler):
     @bucketly.view
     def all(self):
         return self.events
+
+
+class Quitter(bucketly.Handler):
+    """A ledger whose handler raises SystemExit on the event "quit" (and applies nothing)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.events = []
+
+    def on_event(self, event):
+        if event == "quit":
+            raise SystemExit("quit")
+        self.events.append(event)
+
+    @bucketly.view
+    def all(self):
+        return self.events
+
+
+class Stuck(bucketly.Handler):
+    """Its job takes what is pending and hangs in its work (a database that never answers)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.pending = []
+
+    def on_events(self, events):
+        self.pending.extend(events)
+
+    @bucketly.every(seconds=3600)
+    def flush(self):
+        batch, self.pending = self.pending, []
+
+        def work():
+            time.sleep(self.config.get("hang", 20))
+
+        def failed(exc):
+            self.pending[:0] = batch
+
+        return bucketly.Job(work, on_failure=failed)
+
+    @bucketly.view
+    def all(self):
+        return self.pending

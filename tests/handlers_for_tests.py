@@ -117,3 +117,42 @@ class Publisher(bucketly.Handler):
     @bucketly.view
     def state(self):
         return {"pending": len(self.pending), "published": self.published}
+
+
+class Escape(BaseException):
+    """Not an ``Exception``: what a careless handler might raise to "stop"."""
+
+
+#: What ``Exiter`` raises for each event value (and view argument).
+EXITS = {"exit": SystemExit, "interrupt": KeyboardInterrupt, "escape": Escape}
+
+
+class Exiter(bucketly.Handler):
+    """Raises a BaseException (not an Exception) from an event, a view or its job."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.events = []
+        self.job_runs = 0
+
+    def on_event(self, event):
+        if event in EXITS:
+            raise EXITS[event](event)
+        self.events.append(event)
+
+    @bucketly.view
+    def all(self):
+        return self.events
+
+    @bucketly.view
+    def escape(self, kind):
+        raise EXITS[kind](kind)
+
+    @bucketly.every(seconds=3600, config_key="interval")
+    def job(self):
+        self.job_runs += 1
+        raise SystemExit("from a job")
+
+    @bucketly.view
+    def runs(self):
+        return self.job_runs

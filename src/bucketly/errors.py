@@ -32,7 +32,8 @@ follows, and the client turns a wire code back into the same class::
     ├── BucketlyConnectionError      the client could not reach the server, or lost it
     │   └── ConnectionLost           lost while requests were in flight (see ``unacknowledged``)
     ├── HandlersError                the handlers module could not be loaded (server start-up)
-    └── ConfigError                  the server's settings are unusable (e.g. TLS files)
+    ├── ConfigError                  the server's settings are unusable (e.g. TLS files)
+    └── DataLossDetected             the database file lost what it had committed (start-up)
 
 ``ProtocolError`` and its children mean the peer misbehaved; ``RequestError`` means one request
 was refused and the connection is fine; ``BucketlyConnectionError`` is about the network, and
@@ -55,6 +56,7 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "ConnectionRefusedByServer",
+    "DataLossDetected",
     "FrameTooLarge",
     "HandlerError",
     "HandlersError",
@@ -294,6 +296,18 @@ class ConfigError(BucketlyError):
     exit_code = 2
 
 
+class DataLossDetected(BucketlyError):
+    """The database file has lost data it had committed; the server refuses to start.
+
+    Its -wal file was damaged or deleted, it was replaced by an older copy, or records of a
+    durable bucket's log are missing. ``--accept-data-loss`` starts anyway, reporting what was
+    lost; ``--quarantine-damaged`` serves every other bucket and keeps a damaged one untouched.
+    """
+
+    code = "data_loss"
+    exit_code = 7
+
+
 def _all_subclasses(cls: type[BucketlyError]) -> list[type[BucketlyError]]:
     result = []
     for sub in cls.__subclasses__():
@@ -309,11 +323,13 @@ for _cls in _all_subclasses(BucketlyError):
         continue
     _CLASS_FOR_CODE.setdefault(_cls.code, _cls)
 
+#: Codes of errors that never cross the wire: the client's own, and the server's at start-up.
+_LOCAL_CODES = frozenset(
+    {"connection_error", "connection_lost", "handlers_error", "config_error", "data_loss"}
+)
 #: Codes the server may put on the wire, with the class that stands for each.
 WIRE_CODES: dict[str, type[BucketlyError]] = {
-    code: cls
-    for code, cls in _CLASS_FOR_CODE.items()
-    if code not in ("connection_error", "connection_lost", "handlers_error", "config_error")
+    code: cls for code, cls in _CLASS_FOR_CODE.items() if code not in _LOCAL_CODES
 }
 
 

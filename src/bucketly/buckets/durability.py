@@ -40,12 +40,11 @@ import asyncio
 import collections
 import logging
 import os
-import shlex
 import sqlite3
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -55,12 +54,14 @@ from ..errors import (
     BadFrame,
     BucketlyError,
     ConfigError,
+    DataLossDetected,
     HandlerError,
     InternalError,
     StorageError,
     UnknownBucket,
 )
 from ..protocol.messages import pack, unpack
+from ..store.database import forget_durable_head, note_durable_head
 from ..unique import UNIQUE_INDEX_TYPES, UniqueIndex
 
 if TYPE_CHECKING:
@@ -384,10 +385,15 @@ class DurableLog:
         self._pump_task = loop.create_task(self._pump(), name="durable log")
         self._maintenance_task = loop.create_task(self._maintain(), name="durable maintenance")
 
-    async def stop(self) -> None:
-        """Finish everything queued, snapshot every durable bucket with new records, stop."""
+    def stop_maintenance(self) -> None:
+        """No more time-based snapshots or clean-ups (the start of a shutdown)."""
         if self._maintenance_task is not None:
             self._maintenance_task.cancel()
+
+    async def stop(self, skip: Collection[Bucket] = ()) -> None:
+        """Finish everything queued, snapshot every durable bucket with new records (but those
+        in ``skip``), stop."""
+        self.stop_maintenance()
         if self._pump_task is None:
             return
         snapshots = [
@@ -396,6 +402,7 @@ class DurableLog:
             if bucket.log is not None
             and (bucket.log.records_since_snapshot or bucket.log.in_doubt)
             and not bucket.broken
+            and bucket not in skip
         ]
         if snapshots:
             log.info("shutdown: snapshotting %d durable buckets", len(snapshots))
@@ -551,9 +558,10 @@ class DurableLog:
                 self._settle(record, {"accepted": len(record.events), "duplicate": True})
             return
         doubtful = [(b.name, b.log.seq) for b in last if b.log is not None and b.log.in_doubt]
+        heads = [(b.name, seq) for b, seq in last.items()]
         started = time.perf_counter()
         try:
-            await self.db.write(partial(self._write_records, rows, doubtful))
+            await self.db.write(partial(self._write_records, rows, doubtful, heads))
         except StorageError as exc:
             self._commit_failed(last, written, exc)
             for record in resent:
@@ -587,7 +595,7 @@ class DurableLog:
                 self._queue_snapshot(bucket)
 
     def _write_records(self, rows: list[tuple[Any, ...]], doubtful: list[tuple[str, int]],
-                       conn: sqlite3.Connection) -> None:
+                       heads: list[tuple[str, int]], conn: sqlite3.Connection) -> None:
         for name, seq in doubtful:
             conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (name, seq))
         # One statement per INSERT_ROWS rows rather than one per row: each statement is a
@@ -600,6 +608,8 @@ class DurableLog:
                 "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
                 [value for row in chunk for value in (*row, checksum(*row))],
             )
+        for name, seq in heads:
+            note_durable_head(conn, name, seq)
         self.fault("commit.before_commit")
 
     def _commit_failed(self, buckets: dict[Bucket, int], written: list[Record],
@@ -717,7 +727,7 @@ class DurableLog:
     def _encode_snapshot(self, bucket: Bucket) -> tuple[bytes, bytes]:
         try:
             state = bucket.handler.snapshot()
-        except Exception as exc:
+        except BaseException as exc:  # handler code: see runtime.py
             raise HandlerError(f"{bucket.row.handler}.snapshot raised {exc!r}") from None
         try:
             data = pack_state(state)
@@ -789,6 +799,7 @@ class DurableLog:
         # Rows past the snapshot can only be left by a failed commit (see BucketLog.in_doubt):
         # actions run alone, so every commit before this one is done.
         conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (row[0], row[1]))
+        note_durable_head(conn, row[0], row[1])
         self.fault("snapshot.after_compact")
 
     async def _forget_doubt(self, bucket: Bucket) -> None:
@@ -799,13 +810,8 @@ class DurableLog:
         journal.doubt_queued = False
         if not journal.in_doubt:
             return
-        seq = journal.seq
         try:
-            await self.db.write(
-                lambda c: c.execute(
-                    "DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (bucket.name, seq)
-                )
-            )
+            await self.db.write(partial(_truncate_log, bucket.name, journal.seq))
         except StorageError:
             return  # still in doubt: the next tick tries again
         journal.in_doubt = False
@@ -842,7 +848,7 @@ class DurableLog:
 
         def clean(conn: sqlite3.Connection) -> list[str]:
             names = []
-            for table in ("durable_log", "durable_snapshots"):
+            for table in ("durable_log", "durable_snapshots", "durable_heads"):
                 # One index probe per bucket name, instead of a scan of the whole log.
                 name = ""
                 while True:
@@ -863,16 +869,24 @@ class DurableLog:
             log.info("dropped the durable state of non-durable buckets: %s",
                      ", ".join(sorted(set(dropped))))
 
-    async def recover(self, bucket: Bucket) -> None:
-        """Rebuild a durable bucket's state: its snapshot, then its log, in order.
+    async def recover(self, bucket: Bucket, *, accept_loss: bool = False) -> str | None:
+        """Rebuild a durable bucket's state: its snapshot, then its log, in order, to its head.
 
-        Raises ``StorageError`` when the log or snapshot is damaged in a way that would recover
-        a wrong state; the message says what is wrong and how to repair it.
+        Raises ``DataLossDetected`` when the snapshot or the log is damaged, or records that
+        were committed are missing (a gap, or a log that ends before the bucket's head), so that
+        the state would be wrong: the message says which bucket and records. With
+        ``accept_loss``, the bucket is rebuilt from what is whole instead (what follows the
+        damage is deleted), and the return value says what was lost.
         """
         name = bucket.name
-        path = shlex.quote(str(self.db.path))
         started = time.perf_counter()
         journal = BucketLog()
+        head: int = await self.db.read(
+            lambda c: (
+                c.execute("SELECT seq FROM durable_heads WHERE bucket = ?", (name,)).fetchone()
+                or (0,)
+            )[0]
+        )
         snapshot = await self.db.read(
             lambda c: c.execute(
                 "SELECT seq, events, state, producers, checksum FROM durable_snapshots "
@@ -883,46 +897,42 @@ class DurableLog:
         if snapshot is not None:
             seq, events, state, producers, crc = snapshot
             if snapshot_checksum(name, seq, events, state, producers) != crc:
-                raise StorageError(
-                    f"the snapshot of durable bucket {name!r} in {str(self.db.path)!r} is "
-                    f"damaged (its checksum does not match), and the log it replaced is gone, "
-                    f"so its state cannot be rebuilt. Restore the database file from a backup, "
-                    f"or start the bucket over from empty with: sqlite3 {path} \"DELETE FROM "
-                    f"durable_snapshots WHERE bucket = '{name}'; DELETE FROM durable_log WHERE "
-                    f"bucket = '{name}'\""
+                damage = (
+                    f"the snapshot of durable bucket {name!r} is damaged (its checksum does "
+                    f"not match), and the log it replaced is gone"
                 )
+                if not accept_loss:
+                    raise self._damaged(damage)
+                await self.db.write(partial(_truncate_log, name, 0, snapshot=True))
+                bucket.log = BucketLog()
+                return f"{damage}: the bucket starts empty; records 1 to {head} are lost"
             try:
                 bucket.handler.restore(unpack_state(state))
-            except Exception as exc:
+            except BaseException as exc:
                 bucket.broken = (
                     f"durable bucket {name!r}: {bucket.row.handler}.restore failed on its "
                     f"snapshot: {exc!r}; its log is kept until the handler can read it"
                 )
-                return
+                return None
             bucket.events = events
             bucket.restore_producers(unpack(producers))
             journal = BucketLog(seq)
-        newest: int | None = await self.db.read(
-            lambda c: c.execute(
-                "SELECT max(seq) FROM durable_log WHERE bucket = ?", (name,)
-            ).fetchone()[0]
-        )
         expected = journal.seq + 1
-        dropped = False
-        while not dropped:
+        # The first record the handler raised on, its error, and how many it raised on.
+        failed: tuple[int, str] | None = None
+        failures = 0
+        problem: str | None = None
+        while problem is None:
             rows = await self.db.read(partial(_read_log, name, expected))
             if not rows:
                 break
             for seq, producer, producer_seq, payload, crc in rows:
                 if seq != expected:
-                    raise StorageError(
-                        f"the durable log of bucket {name!r} in {str(self.db.path)!r} is missing "
-                        f"records {expected} to {seq - 1}, so the records after the gap cannot "
-                        f"be replayed in order. Restore the database file from a backup, or, "
-                        f"to give up every record from the gap on (their events are lost, "
-                        f"though they were acknowledged), run: sqlite3 {path} \"DELETE FROM "
-                        f"durable_log WHERE bucket = '{name}' AND seq >= {expected}\""
+                    problem = (
+                        f"the durable log of bucket {name!r} is missing records {expected} to "
+                        f"{seq - 1}, so the records after the gap cannot be replayed in order"
                     )
+                    break
                 events = None
                 if checksum(name, seq, producer, producer_seq, payload) == crc:
                     try:
@@ -932,31 +942,48 @@ class DurableLog:
                     if isinstance(events, dict):  # a send request as received: see append()
                         events = events.get("events")
                 if not isinstance(events, list):
-                    if seq == newest:
-                        await self._drop_torn_record(name, seq, len(payload))
-                        dropped = True
-                        break
-                    raise StorageError(
-                        f"the durable log of bucket {name!r} in {str(self.db.path)!r} is "
-                        f"damaged: record {seq} of {newest} fails its checksum, and the "
-                        f"{newest - seq} records after it cannot be replayed without it. "
-                        f"bucketlyd will not start rather than recover a wrong state. Restore "
-                        f"the database file from a backup, or, to give up record {seq} and "
-                        f"every record after it (their events are lost, though they were "
-                        f"acknowledged), run: sqlite3 {path} \"DELETE FROM durable_log WHERE "
-                        f"bucket = '{name}' AND seq >= {seq}\""
+                    problem = (
+                        f"the durable log of bucket {name!r} is damaged: record {seq} fails its "
+                        f"checksum, and no record from it on can be replayed"
                     )
+                    break
                 # Every logged record was applied when it was logged (resends never are).
                 if producer is not None:
                     bucket.accept(producer, producer_seq)
                 try:
                     bucket.apply(events)
-                except HandlerError:
-                    pass  # as when it was first applied: counted in bucket.errors
+                except HandlerError as exc:
+                    # As when it was first applied (its sender was told): counted in
+                    # bucket.errors, and reported below.
+                    failures += 1
+                    if failed is None:
+                        failed = (seq, exc.message)
                 journal.seq = seq
                 journal.records_since_snapshot += 1
                 journal.events_since_snapshot += len(events)
                 expected += 1
+        if problem is None and journal.seq < head:
+            problem = (
+                f"the durable log of bucket {name!r} ends at record {journal.seq}, but records "
+                f"up to {head} were committed (and acknowledged): the last "
+                f"{head - journal.seq} are missing"
+            )
+        loss = None
+        if problem is not None:
+            if not accept_loss:
+                raise self._damaged(problem)
+            await self.db.write(partial(_truncate_log, name, journal.seq))
+            last = max(head, expected - 1)
+            loss = (
+                f"{problem}: the bucket is rebuilt from records up to {journal.seq}; records "
+                f"{journal.seq + 1} to {last} are lost"
+            )
+        if failed is not None:
+            log.warning(
+                "durable bucket %r: its handler raised on %d of the records replayed, as it did "
+                "when they were first applied (their senders were told); first: record %d: %s",
+                name, failures, *failed,
+            )
         bucket.log = journal
         log.info(
             "recovered durable bucket %r: %s, then %d log records (%d events) in %.2fs",
@@ -967,21 +994,28 @@ class DurableLog:
             journal.events_since_snapshot,
             time.perf_counter() - started,
         )
+        return loss
 
-    async def _drop_torn_record(self, name: str, seq: int, size: int) -> None:
-        log.warning(
-            "durable bucket %r: dropped the last record of its log (record %d, %d bytes): it "
-            "fails its checksum, as a write torn by a crash leaves it. Its events are not in "
-            "the recovered state.",
-            name,
-            seq,
-            size,
+    def _damaged(self, problem: str) -> DataLossDetected:
+        return DataLossDetected(
+            f"{problem}. bucketlyd will not start rather than serve a wrong state from "
+            f"{str(self.db.path)!r}. Restore the file (with its -wal) from a backup; or start "
+            "with --quarantine-damaged to serve the other buckets and keep this one untouched "
+            "and unavailable; or with --accept-data-loss to rebuild it from what is whole and "
+            "delete the rest (durability.md, 'Damage and repair')"
         )
-        await self.db.write(
-            lambda c: c.execute(
-                "DELETE FROM durable_log WHERE bucket = ? AND seq = ?", (name, seq)
-            )
-        )
+
+
+def _truncate_log(bucket: str, seq: int, conn: sqlite3.Connection, *,
+                  snapshot: bool = False) -> None:
+    """Delete ``bucket``'s records after ``seq`` (and its snapshot), and make ``seq`` its head."""
+    conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (bucket, seq))
+    if snapshot:
+        conn.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (bucket,))
+    if seq:
+        note_durable_head(conn, bucket, seq)
+    else:
+        forget_durable_head(conn, bucket)
 
 
 def _read_log(bucket: str, first: int, conn: sqlite3.Connection) -> list[Any]:

@@ -6,6 +6,12 @@ event-loop thread. Two calls therefore never overlap, whichever connections they
 that is the whole serialization mechanism, and it costs no lock, queue hop or task switch. Only
 the slow part of a scheduled job (``Job.work``) runs elsewhere, in a worker thread or as a
 coroutine, and it is handed data taken from the state, never the live state itself.
+
+Handler code is caught with ``except BaseException``, not ``Exception``: a handler that raises
+``SystemExit``, ``KeyboardInterrupt`` or its own ``BaseException`` subclass has failed like any
+other, and its client gets ``handler_error``. Let through, such an exception would unwind the
+event loop itself and leave a server that neither serves nor exits. (The daemon's own SIGINT and
+SIGTERM never arrive as exceptions: the server takes them as signals, in server.py.)
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ class Bucket:
             return
         try:
             self.handler = info.cls(dict(row.config))
-        except Exception as exc:
+        except BaseException as exc:
             self.broken = f"handler {row.handler}.__init__ failed: {_describe(exc)}"
             return
         # Bound once: the send path calls it for every batch.
@@ -127,7 +133,7 @@ class Bucket:
         if on_events is not None:
             try:
                 on_events(events)
-            except Exception as exc:
+            except BaseException as exc:
                 raise self._handler_error(
                     f"{self.row.handler}.on_events raised {_describe(exc)}",
                     detail={"bucket": self.name},
@@ -140,7 +146,7 @@ class Bucket:
             for event in events:
                 on_event(event)
                 applied += 1
-        except Exception as exc:
+        except BaseException as exc:
             self.events += applied
             raise self._handler_error(
                 f"{self.row.handler}.on_event raised {_describe(exc)} on event {applied} of the "
@@ -163,7 +169,7 @@ class Bucket:
             raise BadArgument(f"view {name!r}: {exc}") from None
         try:
             return method(**args)
-        except Exception as exc:
+        except BaseException as exc:
             raise self._handler_error(
                 f"view {self.row.handler}.{name} raised {_describe(exc)}"
             ) from None
@@ -171,7 +177,7 @@ class Bucket:
     def dump(self) -> Any:
         try:
             return self.handler.dump()
-        except Exception as exc:
+        except BaseException as exc:
             raise self._handler_error(f"{self.row.handler}.dump raised {_describe(exc)}") from None
 
     def describe(self) -> dict[str, Any]:
@@ -302,7 +308,7 @@ class JobRunner:
                 if job.on_success is not None:
                     try:
                         job.on_success(result)
-                    except Exception as exc:
+                    except BaseException as exc:
                         # The work is done: calling on_failure now would make the handler
                         # redo work that succeeded. Report it, count the run as succeeded.
                         log.error(
@@ -316,7 +322,9 @@ class JobRunner:
                     f"an @every method must return None, a callable, a coroutine or a "
                     f"bucketly.Job, not {type(job).__name__}"
                 )
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise  # the server stopping the job, not the job failing
+        except BaseException as exc:
             self._failed(exc, job if isinstance(job, Job) else None)
         else:
             self._succeeded()
@@ -345,14 +353,14 @@ class JobRunner:
         self.consecutive_failures = 0
         self.last_success_at = time.time()
 
-    def _failed(self, exc: Exception, job: Job | None) -> None:
+    def _failed(self, exc: BaseException, job: Job | None) -> None:
         self.failures += 1
         self.consecutive_failures += 1
         self.last_error = _describe(exc)
         if job is not None and job.on_failure is not None:
             try:
                 job.on_failure(exc)
-            except Exception as callback_exc:
+            except BaseException as callback_exc:
                 log.error(
                     "job %s.%s: on_failure raised %s; its data may be lost",
                     self.bucket.name,

@@ -39,6 +39,18 @@ def build_command() -> click.Command:
             )
             continue
         dashed = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            params.append(
+                click.Option(
+                    [dashed, field.name],
+                    is_flag=True,
+                    default=field.default,
+                    envvar=_env_name(field),
+                    show_envvar=True,
+                    help=meta["help"],
+                )
+            )
+            continue
         names = [dashed]
         if field.name == "bucket_handlers":
             names.insert(0, "--bucket_handlers")  # the spelling the README shows

@@ -158,6 +158,8 @@ _EXIT_MEANINGS: dict[int, str] = {
     5: "the server cannot take the work now (shutting down, too many connections, storage "
        "failing)",
     6: "cannot reach the server, or lost the connection",
+    7: "(bucketlyd only, at start-up) its database file has lost data it had committed: see "
+       "durability.md, 'Damage and repair'",
     EXIT_CLI_BUG: "a bug (in bucketlyd, or in the CLI): please report it",
     EXIT_INTERRUPTED: "interrupted with Ctrl-C (`stats --watch` exits 0 on Ctrl-C)",
     EXIT_BROKEN_PIPE: "the program reading the output went away (e.g. output piped into "

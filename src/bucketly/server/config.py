@@ -133,6 +133,19 @@ class ServerConfig:
         "Seconds after which a durable bucket that has logged any event since its last "
         "snapshot is snapshotted anyway, so that a slow bucket's log does not linger.",
     )
+    accept_data_loss: bool = _option(
+        False,
+        "Start even though the database file has lost data it had committed (its -wal file "
+        "damaged or deleted, an older copy restored, durable log records missing): rebuild "
+        "from what is whole, delete what follows the damage, and log and audit what was lost. "
+        "Without it such a start is refused (exit status 7).",
+    )
+    quarantine_damaged: bool = _option(
+        False,
+        "Start even though a durable bucket's snapshot or log is damaged or incomplete: that "
+        "bucket is unavailable (its data left untouched, for a backup or a later repair) and "
+        "the others are served. Cannot be combined with --accept-data-loss.",
+    )
     producer_retention: float = _option(
         3600.0,
         "Seconds a bucket remembers a client (producer) that has stopped sending, to recognise "

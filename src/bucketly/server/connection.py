@@ -195,8 +195,14 @@ class ServerConnection(asyncio.Protocol):
         self.closed = True
         self._lost = True
         self.server.connections.discard(self)
+        self.server.connection_gone()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done sending: close (after the replies already written)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # read only so that closing does not reset the connection (``close``)
         config = self.server.config
         self.protocol.receive_data(data)
         if self.user is None:
@@ -334,13 +340,13 @@ class ServerConnection(asyncio.Protocol):
             self._resume_reading()
 
     def _write(self, out: list[bytes]) -> None:
-        if out and self.transport is not None and not self.transport.is_closing():
+        if out and not self.closed and self.transport is not None:
             self.transport.writelines(out)
 
     def _queue_or_drop(self, reply: bytes) -> None:
         """Write one reply, unless the client already lets too much pile up: then drop it."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or self.closed:
             return
         queued = transport.get_write_buffer_size()
         if queued > self.server.config.max_write_buffer:
@@ -712,13 +718,32 @@ class ServerConnection(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
-        """Close after the replies already written have been sent (within ``CLOSE_GRACE``)."""
+        """Close after the replies already written have been sent (within ``CLOSE_GRACE``).
+
+        A lingering close, as HTTP servers do it: the server ends its side (FIN after the last
+        reply) and goes on reading, and discarding, until the client closes its side. Closing
+        at once with unread bytes from the client would make the kernel reset the connection,
+        and a reset can destroy replies still on their way, the error that says why included.
+        """
+        if self.closed:
+            return
         self.closed = True
         transport = self.transport
-        if transport is not None:
-            transport.close()
-            if transport.get_write_buffer_size() and not self._lost:
-                asyncio.get_running_loop().call_later(CLOSE_GRACE, self._abort)
+        if transport is None or self._lost:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._reading_paused = False
+            transport.resume_reading()
+        else:
+            transport.close()  # TLS: close_notify, then the close
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, self._abort)
+
+    def finish(self) -> None:
+        """At shutdown: answer what is still buffered (``shutting_down``), then close."""
+        if self.busy is None:
+            self._process()
+        self.close()
 
     def _abort(self) -> None:
         if not self._lost and self.transport is not None:

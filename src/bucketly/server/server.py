@@ -17,16 +17,19 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from .. import __version__
 from ..buckets import Bucket
 from ..buckets.durability import DurableLog
+from ..buckets.workers import WorkerThreads
+from ..errors import ConfigError, DataLossDetected
 from ..handlers import HandlerInfo, load_handlers
 from ..store import Database
 from .audit import AuditLog
 from .config import ServerConfig
-from .connection import ServerConnection
+from .connection import CLOSE_GRACE, ServerConnection
 from .throttle import AuthThrottle
 from .tls import is_loopback, server_ssl_context
 
@@ -66,14 +69,16 @@ class Server:
         self.audit = AuditLog(self.db)
         self.throttle = AuthThrottle(config.auth_free_failures, config.auth_max_delay)
         self.auth_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bucketly-auth")
-        self.job_executor = ThreadPoolExecutor(
-            max_workers=config.job_threads, thread_name_prefix="bucketly-job"
-        )
+        # Daemon threads (workers.py): a job stuck in its work cannot hold the process past
+        # --shutdown-timeout.
+        self.job_executor = WorkerThreads(config.job_threads, thread_name_prefix="bucketly-job")
         self.started_at = time.time()
         self._events_of_deleted = 0
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
+        #: Set at shutdown once every connection is gone.
+        self._all_closed: asyncio.Event | None = None
         #: Set once shutdown has begun: requests not yet read get ``shutting_down``.
         self.shutting_down = False
         #: (host, port) actually bound, once listening.
@@ -141,8 +146,20 @@ class Server:
                 "--tls-cert and --tls-key, or listen on 127.0.0.1 only.",
                 ", ".join(bound),
             )
-        await loop.run_in_executor(None, self.db.open)
+        if config.accept_data_loss and config.quarantine_damaged:
+            raise ConfigError(
+                "--accept-data-loss and --quarantine-damaged exclude each other: give one"
+            )
+        await loop.run_in_executor(
+            None, partial(self.db.open, accept_loss=config.accept_data_loss)
+        )
         log.info("opened database file %s", config.database)
+        if self.db.lost_commits:
+            self._report_loss(
+                None,
+                f"the database file had lost its last {self.db.lost_commits} committed write "
+                "transactions (its mark file was ahead of it); started without them",
+            )
         for user in self.db.users.values():
             if user.default_password:
                 log.warning(
@@ -154,9 +171,8 @@ class Server:
         for row in list(self.db.buckets.values()):
             bucket = Bucket(row, self.handlers.get(row.handler))
             if row.durable and not bucket.broken:
-                # Before its jobs start: they must see the recovered state. A damaged log
-                # raises StorageError, which stops the start with its repair instructions.
-                await self.durable.recover(bucket)
+                # Before its jobs start: they must see the recovered state.
+                await self._recover(bucket)
             if bucket.broken:
                 log.error("bucket %r is unavailable: %s", row.name, bucket.broken)
             self.add_bucket(bucket)
@@ -172,6 +188,31 @@ class Server:
         # logged even when --log-level hides ordinary information.
         level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING
         log.log(level, "bucketlyd ready on %s:%d", *self.address)
+
+    async def _recover(self, bucket: Bucket) -> None:
+        """Recover a durable bucket; on damage, stop the start, unless told otherwise."""
+        config = self.config
+        try:
+            loss = await self.durable.recover(bucket, accept_loss=config.accept_data_loss)
+        except DataLossDetected as exc:
+            if not config.quarantine_damaged:
+                raise  # the message says what is damaged, and the ways out
+            bucket.broken = (
+                f"quarantined at start-up (--quarantine-damaged), its data left untouched: "
+                f"{exc.message}"
+            )
+            self.audit.record("bucket_quarantined", None, None, f"{bucket.name}: {exc.message}")
+            return
+        if loss is not None:
+            self._report_loss(bucket.name, loss)
+
+    def _report_loss(self, bucket: str | None, what: str) -> None:
+        log.error("DATA LOSS ACCEPTED (--accept-data-loss): %s", what)
+        self.audit.record("data_loss_accepted", None, None,
+                          f"{bucket}: {what}" if bucket is not None else what)
+
+    def _busy(self) -> list[asyncio.Task[None]]:
+        return [conn.busy for conn in self.connections if conn.busy is not None]
 
     async def _sweep(self) -> None:
         """Close connections that broke a timeout (auth, unfinished frame); see connection.py."""
@@ -202,42 +243,100 @@ class Server:
             self._events_of_deleted += bucket.events
             await bucket.stop_jobs(final_run=False)
 
+    def connection_gone(self) -> None:
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
     async def shutdown(self) -> None:
+        """Stop in order, each step logged; every request read is answered.
+
+        A request carried out gets its reply (a durable send: once it is on disk), any other
+        one read from now on gets ``shutting_down``, and then each connection is closed after
+        its replies. So a client knows that a request without a reply was not carried out.
+        """
+        loop = asyncio.get_running_loop()
         timeout = self.config.shutdown_timeout
+        deadline = loop.time() + timeout
         if self._listener is not None:
             log.info("shutdown: no longer accepting connections")
             self._listener.close()
-        busy = [conn.busy for conn in self.connections if conn.busy is not None]
+        self.shutting_down = True
+        busy = self._busy()
         if busy:
             log.info("shutdown: finishing %d in-flight requests", len(busy))
-            await asyncio.wait(busy, timeout=timeout)
+        # A busy connection may queue more (a durable send joins the pipeline, with its
+        # shutting_down reply in order): wait until none is busy, or the time is up.
+        while busy and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(busy, timeout=remaining)
+            busy = self._busy()
+        if busy:
+            log.error(
+                "shutdown: %d requests still in progress after %gs (--shutdown-timeout); their "
+                "connections are closed without their replies",
+                len(busy),
+                timeout,
+            )
         await self.durable.drain()
-        self.shutting_down = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.connections:
             log.info("shutdown: closing %d connections", len(self.connections))
+            self._all_closed = asyncio.Event()
             for conn in list(self.connections):
-                conn.close()
+                conn.finish()
+            # Their last replies must leave before the process does.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), CLOSE_GRACE)
+        # No time-based snapshot from here on: one taken while a job's final run has its data
+        # out of the state would lose that data if the run never finishes.
+        self.durable.stop_maintenance()
+        unfinished: set[Bucket] = set()
         if any(bucket.jobs for bucket in self.buckets.values()):
             log.info("shutdown: stopping scheduled jobs and running each a final time")
-            try:
-                await asyncio.wait_for(
-                    asyncio.gather(*(b.stop_jobs(final_run=True) for b in self.buckets.values())),
-                    timeout,
-                )
-            except TimeoutError:
-                log.error("shutdown: scheduled jobs still running after %ss; giving up", timeout)
+            stopping = [
+                asyncio.ensure_future(b.stop_jobs(final_run=True)) for b in self.buckets.values()
+            ]
+            _, pending = await asyncio.wait(stopping, timeout=timeout)
+            if pending:
+                unfinished = self._give_up_on_jobs(timeout)
         self.job_executor.shutdown(wait=False, cancel_futures=True)
         self.auth_executor.shutdown(wait=False, cancel_futures=True)
         # After the jobs' final runs, so that what they changed is in the snapshots.
-        await self.durable.stop()
+        await self.durable.stop(skip=unfinished)
         await self.audit.flush()
         log.info("shutdown: closing the database file")
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)
         if self._listener is not None:
             await self._listener.wait_closed()
         log.info("stopped")
+
+    def _give_up_on_jobs(self, timeout: float) -> set[Bucket]:
+        """Log the jobs still running after ``timeout``; return the durable buckets they hold.
+
+        Their work is left to the worker threads, which end with the process. What such a job
+        had taken from a durable bucket is kept by not snapshotting that bucket: the next start
+        rebuilds it from its last snapshot and log, the job's data included.
+        """
+        running = [
+            (bucket, name)
+            for bucket in self.buckets.values()
+            for name, runner in bucket.jobs.items()
+            if runner.running
+        ]
+        log.error(
+            "shutdown: giving up after %gs (--shutdown-timeout) on scheduled jobs still "
+            "running: %s; their work is abandoned",
+            timeout,
+            ", ".join(f"{bucket.name}.{name}" for bucket, name in running) or "none",
+        )
+        kept = {bucket for bucket, _ in running if bucket.log is not None}
+        for bucket in kept:
+            log.warning(
+                "shutdown: durable bucket %r is not snapshotted, so that the next start "
+                "rebuilds the data its unfinished job had taken (from its last snapshot and log)",
+                bucket.name,
+            )
+        return kept
 
     def statistics(self) -> dict[str, Any]:
         buckets = {name: bucket.statistics() for name, bucket in sorted(self.buckets.items())}

@@ -19,11 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import StorageError, UnknownUser, UserExists
+from ..errors import DataLossDetected, StorageError, UnknownUser, UserExists
 from ..protocol.messages import pack, unpack
+from .mark import MarkFile
 from .passwords import hash_password
 
-__all__ = ["MIGRATIONS", "AuditEntry", "BucketRow", "Database", "TokenRow", "UserRow"]
+__all__ = [
+    "MIGRATIONS",
+    "AuditEntry",
+    "BucketRow",
+    "Database",
+    "TokenRow",
+    "UserRow",
+    "forget_durable_head",
+    "note_durable_head",
+]
 
 log = logging.getLogger("bucketly.store")
 
@@ -107,6 +117,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        # What it takes to know the file is whole (store/mark.py, durability.md "Damage").
+        """
+        CREATE TABLE file_mark (
+            id       INTEGER PRIMARY KEY CHECK (id = 1),
+            file_id  TEXT NOT NULL,     -- random, once: tells this file's mark from another's
+            commits  INTEGER NOT NULL   -- write transactions committed (DATABASE-mark has it too)
+        );
+        INSERT INTO file_mark VALUES (1, lower(hex(randomblob(16))), 0);
+        CREATE TABLE durable_heads (
+            bucket  TEXT PRIMARY KEY,
+            seq     INTEGER NOT NULL    -- the newest record committed: recovery must reach it
+        );
+        INSERT INTO durable_heads
+            SELECT bucket, max(seq) FROM (
+                SELECT bucket, seq FROM durable_log
+                UNION ALL SELECT bucket, seq FROM durable_snapshots
+            ) GROUP BY bucket
+        """,
+    ),
 ]
 
 #: The user created in an empty database file, and the password it starts with.
@@ -167,22 +198,81 @@ class Database:
         #: Set by an I/O error: the next write starts from a new connection (see _write).
         self._reopen = False
         self._failure_logged_at = -_FAILURE_LOG_INTERVAL
+        self._mark = MarkFile(self.path)
+        self._file_id = ""
+        #: Write transactions the file has committed (``file_mark``; the mark file follows).
+        self.commits = 0
+        #: Set by ``open(accept_loss=True)``: commits the file had lost, as its mark told.
+        self.lost_commits = 0
 
     # -- start-up, on the writer thread -------------------------------------------------------
 
-    def open(self) -> None:
-        """Open (creating if missing), migrate and load the file. Raises ``StorageError``."""
-        self._executor.submit(self._open).result()
+    def open(self, *, accept_loss: bool = False) -> None:
+        """Open (creating if missing), migrate, check and load the file.
 
-    def _open(self) -> None:
+        Raises ``StorageError`` when it cannot, and ``DataLossDetected`` when the file has lost
+        committed transactions (its mark file is ahead of it), unless ``accept_loss``: then
+        ``lost_commits`` says how many, and the mark is moved back to the file.
+        """
+        self._executor.submit(self._open, accept_loss).result()
+
+    def _open(self, accept_loss: bool) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            existed = self.path.exists()
             conn = self._connect()
             self._conn = conn
             self._migrate(conn)
+            self._check_mark(conn, accept_loss, existed)
             self._load(conn)
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open database file {str(self.path)!r}: {exc}") from None
+
+    def _check_mark(self, conn: sqlite3.Connection, accept_loss: bool, existed: bool) -> None:
+        self._file_id, self.commits = conn.execute(
+            "SELECT file_id, commits FROM file_mark"
+        ).fetchone()
+        mark = self._mark.read()
+        if mark is None:
+            if existed:
+                log.warning(
+                    "no mark file %s beside the database file (a copy, or a file from before "
+                    "0.2): it is written now, and losses are detected from here on",
+                    self._mark.path,
+                )
+        elif mark.file_id != self._file_id:
+            # A new file, or a file that lost the transaction that gave it its id (its
+            # migrations then ran again, with a new id): only the first is ordinary.
+            if existed and not accept_loss:
+                raise DataLossDetected(
+                    f"the mark file {str(self._mark.path)!r} belongs to another database file "
+                    f"than {str(self.path)!r}: either that file was replaced by another, or "
+                    "it has lost its first transactions (its -wal file damaged or deleted), "
+                    "and with them everything after. If you replaced it on purpose, delete "
+                    "the mark file; otherwise restore the file with its -wal from a backup, "
+                    "or start with --accept-data-loss to go on with what is left "
+                    "(durability.md, 'Damage and repair')"
+                )
+            if existed:
+                self.lost_commits = mark.commits
+            log.warning(
+                "the mark file %s belonged to another database file: replaced", self._mark.path
+            )
+        elif mark.commits > self.commits:
+            lost = mark.commits - self.commits
+            if not accept_loss:
+                raise DataLossDetected(
+                    f"database file {str(self.path)!r} has lost its last {lost} committed "
+                    f"write transactions: it has {self.commits}, its mark file "
+                    f"{str(self._mark.path)!r} says {mark.commits}. Its -wal file was "
+                    "damaged, deleted or replaced, or the file was restored from an older "
+                    "copy; what those transactions wrote (acknowledged durable sends, bucket "
+                    "definitions, users, grants) is gone. Restore the file with its -wal from "
+                    "a backup, or start with --accept-data-loss to go on without them "
+                    "(durability.md, 'Damage and repair')"
+                )
+            self.lost_commits = lost
+        self._mark.write(self._file_id, self.commits)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -264,7 +354,10 @@ class Database:
         conn = self._connection()
         try:
             with _transaction(conn):
-                return fn(conn)
+                result = fn(conn)
+                # Counted in the same transaction, so a lost transaction is a missing count.
+                conn.execute("UPDATE file_mark SET commits = commits + 1")
+                (commits,) = conn.execute("SELECT commits FROM file_mark").fetchone()
         except sqlite3.Error as exc:
             if _is_io_error(exc):
                 self._reopen = True
@@ -273,6 +366,13 @@ class Database:
                 self._failure_logged_at = now
                 log.error("database write failed: %s", exc)
             raise StorageError(f"could not write the database file: {exc}") from None
+        self.commits = commits
+        try:
+            self._mark.write(self._file_id, commits)
+        except OSError as exc:
+            # The transaction is committed; only the check at the next start is weaker.
+            log.error("could not write the mark file %s: %s", self._mark.path, exc)
+        return result
 
     def _connection(self) -> sqlite3.Connection:
         conn = self._conn
@@ -319,6 +419,7 @@ class Database:
             # A new bucket's durable log starts empty, whatever a bucket of that name left.
             c.execute("DELETE FROM durable_log WHERE bucket = ?", (row.name,))
             c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (row.name,))
+            forget_durable_head(c, row.name)
 
         await self.write(insert)
         self.buckets[row.name] = row
@@ -330,6 +431,7 @@ class Database:
             c.execute("DELETE FROM buckets WHERE name = ?", (name,))
             c.execute("DELETE FROM durable_log WHERE bucket = ?", (name,))
             c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (name,))
+            forget_durable_head(c, name)
 
         await self.write(delete)
         self.buckets.pop(name, None)
@@ -344,6 +446,7 @@ class Database:
             c.execute("UPDATE buckets SET durable = ? WHERE name = ?", (int(durable), name))
             c.execute("DELETE FROM durable_log WHERE bucket = ?", (name,))
             c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (name,))
+            forget_durable_head(c, name)
             if snapshot is not None:
                 c.execute(
                     "INSERT INTO durable_snapshots "
@@ -351,6 +454,7 @@ class Database:
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     snapshot,
                 )
+                note_durable_head(c, name, snapshot[1])
 
         await self.write(change)
         self.buckets[name].durable = durable
@@ -463,6 +567,7 @@ class Database:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._mark.close()
 
         self._executor.submit(_close).result()
         self._executor.shutdown(wait=True)
@@ -473,6 +578,22 @@ class Database:
 _FAILURE_LOG_INTERVAL = 60.0
 #: SQLite primary result codes after which the connection is reopened rather than reused.
 _IO_ERRORS = frozenset({10, 11, 13, 14, 26})  # IOERR, CORRUPT, FULL, CANTOPEN, NOTADB
+
+
+def note_durable_head(conn: sqlite3.Connection, bucket: str, seq: int) -> None:
+    """Record that ``bucket``'s newest committed record is ``seq`` (in the caller's transaction).
+
+    Recovery must reach it: a log that ends before its head has lost acknowledged records.
+    """
+    conn.execute(
+        "INSERT INTO durable_heads (bucket, seq) VALUES (?, ?) "
+        "ON CONFLICT (bucket) DO UPDATE SET seq = excluded.seq",
+        (bucket, seq),
+    )
+
+
+def forget_durable_head(conn: sqlite3.Connection, bucket: str) -> None:
+    conn.execute("DELETE FROM durable_heads WHERE bucket = ?", (bucket,))
 
 
 def _is_io_error(exc: sqlite3.Error) -> bool:
