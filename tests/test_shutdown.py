@@ -134,7 +134,9 @@ def test_sigterm_answers_every_request_it_read_and_loses_no_ack(
         refused += len(kinds) - first_refused
         for reply in replies[:first_refused]:
             acked.update(producer.events(reply.id))
-    assert refused > 0  # the producers were still sending when the server stopped
+    # The producers were still sending when the server stopped: some requests got
+    # shutting_down, or were never read (no reply, so not carried out).
+    assert refused or any(len(p.sent) > len(p.replies) for p in producers)
     if durable:
         # Exactly the acknowledged sends are on disk: none lost, and nothing unacknowledged
         # (shutting_down or unanswered) was carried out.
