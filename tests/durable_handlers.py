@@ -137,7 +137,7 @@ class Stuck(bucketly.Handler):
     def on_events(self, events):
         self.pending.extend(events)
 
-    @bucketly.every(seconds=3600)
+    @bucketly.every(seconds=3600, config_key="interval")
     def flush(self):
         batch, self.pending = self.pending, []
 

@@ -143,3 +143,51 @@ def test_sigterm_answers_every_request_it_read_and_loses_no_ack(
         servers.append(server := start(db))
         assert set(ledger(server, "d")) == acked
         assert len(ledger(server, "d")) == len(acked)
+
+
+def test_no_snapshot_while_a_job_holds_data_it_took(tmp_path: Path, servers: list) -> None:
+    """A snapshot taken while the job's batch is out of the state would lose the batch."""
+    db = tmp_path / "db.dat"
+    servers.append(server := start(db, "--snapshot-events", "1", "--shutdown-timeout", "1"))
+    with server.client() as client:
+        client.create_bucket("s", "Stuck", {"hang": HANG, "interval": 0.1}, durable=True)
+        client.send_many("s", ["p1", "p2"])
+        client.flush()
+        deadline = time.monotonic() + 10
+        while not client.bucket_info("s")["jobs"]["flush"]["running"]:
+            assert time.monotonic() < deadline, "the job never ran"
+            time.sleep(0.02)
+        client.send_many("s", ["p3"])  # a commit that would snapshot (--snapshot-events 1)
+        client.flush()
+        assert client.view("s", "all") == ["p3"]  # p1, p2 are out with the job
+    assert server.stop(signal.SIGTERM, timeout=HANG) == 0
+    servers.append(server := start(db))
+    assert sorted(ledger(server, "s")) == ["p1", "p2", "p3"]
+
+
+def test_a_connection_closed_for_a_pre_auth_limit_frees_its_slot_at_once(
+    tmp_path: Path, servers: list
+) -> None:
+    servers.append(server := start(tmp_path / "db.dat", "--max-connections", "3"))
+    holders = []
+    for _ in range(3):
+        conn = RawConnection(server.host, server.port)
+        conn.send_bytes((1 << 20).to_bytes(4, "big"))  # a header over the pre-auth limit
+        assert conn.read().code == "frame_too_large"
+        holders.append(conn)  # ... and the client keeps its side open
+    try:
+        # All three are closed by the server: a good login gets a slot (a few tries, while
+        # the server finishes closing them; a lingering close would hold them for 5 s).
+        deadline = time.monotonic() + 2
+        while True:
+            good = RawConnection(server.host, server.port)
+            if good.greeting.__class__.__name__ == "Greeting":
+                break
+            good.sock.close()
+            assert time.monotonic() < deadline, "the slots stayed taken"
+            time.sleep(0.05)
+        good.auth()
+        good.sock.close()
+    finally:
+        for conn in holders:
+            conn.sock.close()

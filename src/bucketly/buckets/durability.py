@@ -750,9 +750,15 @@ class DurableLog:
         if journal is None or self.buckets.get(bucket.name) is not bucket or bucket.broken:
             return
         journal.snapshot_queued = False
-        journal.snapshot_at = time.monotonic()
         if not journal.records_since_snapshot and not journal.in_doubt:
             return
+        if any(runner.running for runner in bucket.jobs.values()):
+            # A running job may hold data it took from the state (the take / write / put-back
+            # pattern): a snapshot now would not have it, and if the job then never puts it
+            # back (a crash, a shutdown that gives up on it), it would be gone. The next
+            # commit or maintenance tick asks again.
+            return
+        journal.snapshot_at = time.monotonic()
         try:
             state, producers = self._encode_snapshot(bucket)
         except HandlerError as exc:

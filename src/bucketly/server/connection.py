@@ -172,6 +172,14 @@ class ServerConnection(asyncio.Protocol):
                     self.peer_host = str(address)
                 self.loopback = address.is_loopback
         server = self.server
+        if server.shutting_down:
+            # Accepted just before the listener closed: it would miss the shutdown's finish().
+            transport.write(self.protocol.error(None, ShuttingDown(
+                "the server is shutting down; reconnect to another or later"
+            )))
+            self.closed = True
+            transport.close()
+            return
         if len(server.connections) >= server.config.max_connections:
             server.audit.warn(
                 "max_connections",
@@ -731,7 +739,10 @@ class ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._lost:
             return
-        if transport.can_write_eof():
+        # Not for a connection that never logged in (it broke a pre-auth limit): lingering would
+        # let it hold its slot for CLOSE_GRACE more. If it goes on sending, a reset may then
+        # cost it the error reply: a price for it, not for the server.
+        if transport.can_write_eof() and (self.user is not None or self.server.shutting_down):
             transport.write_eof()
             self._reading_paused = False
             transport.resume_reading()
@@ -740,9 +751,12 @@ class ServerConnection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(CLOSE_GRACE, self._abort)
 
     def finish(self) -> None:
-        """At shutdown: answer what is still buffered (``shutting_down``), then close."""
-        if self.busy is None:
+        """At shutdown: answer everything still buffered (``shutting_down``), then close."""
+        while self.busy is None and not self.closed:
+            self._yielded = False  # no turns to share any more: answer the whole buffer
             self._process()
+            if not self._yielded:
+                break
         self.close()
 
     def _abort(self) -> None:
