@@ -265,3 +265,43 @@ def test_no_op_argument_shadows_the_envelope() -> None:
 
     with pytest.raises(ValueError):
         Op("x", "shadows the id", (Arg("id", "int"),), scope="authenticated")
+
+
+def test_the_codec_imports_no_io_and_no_layer_above_it() -> None:
+    """bucketly.protocol is sans-I/O: it imports no sockets, asyncio or sqlite, and nothing of
+    the layers above it (handler data types included)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import importlib.util, sys, types
+        for name in ("socket", "asyncio", "sqlite3", "ssl", "selectors"):
+            sys.modules[name] = None  # importing one now raises ImportError
+        # bucketly/__init__ imports the clients: load the package without running it.
+        spec = importlib.util.find_spec("bucketly")
+        package = types.ModuleType("bucketly")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["bucketly"] = package
+        import bucketly.protocol
+        above = sorted(
+            name for name in sys.modules
+            if name.startswith("bucketly.")
+            and not name.startswith("bucketly.protocol") and name != "bucketly.errors"
+        )
+        assert above == [], above
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_unique_index_subclass_is_sent_as_its_items() -> None:
+    from bucketly.protocol import pack, unpack
+    from bucketly.unique import PyUniqueIndex
+
+    class Mine(PyUniqueIndex):
+        pass
+
+    index = Mine()
+    index.add("/a", "ann")
+    assert unpack(pack({"x": index})) == {"x": {"/a": ["ann"]}}

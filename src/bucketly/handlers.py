@@ -36,7 +36,7 @@ import importlib.util
 import inspect
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -280,6 +280,3 @@ def _describe_import_error(spec: str, exc: BaseException) -> str:
     detail = f"{type(exc).__name__}: {exc}"
     return f"cannot load handlers module {spec!r}: {detail}" + (f" ({where})" if where else "")
 
-
-def public_methods(names: Iterable[str]) -> list[str]:
-    return sorted(n for n in names if not n.startswith("_"))

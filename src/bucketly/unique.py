@@ -3,8 +3,9 @@
 "Unique users per URL", "distinct devices per account": the commonest aggregation there is, and
 the one where a plain ``dict[key, set[value]]`` spends most of the daemon's time (a set insert
 and a string de-duplication per event). ``UniqueIndex`` does the same job, with the same
-answers, from a native core: the pairs are packed into one flat hash table of 64-bit integers,
-each distinct key and value is stored once, and ``add_events`` walks a whole batch in C.
+answers, from a native core: each distinct key and value is stored once and numbered, each
+key keeps the numbers of its values in a compact set of 32-bit integers (inline for one or two),
+and ``add_events`` walks a whole batch in C.
 
     class UniqueClicks(bucketly.Handler):
         def __init__(self, config):
@@ -37,6 +38,8 @@ import sys
 from array import array
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
+
+from .protocol.messages import register_encoder
 
 __all__ = [
     "UNIQUE_INDEX_TYPES",
@@ -321,6 +324,11 @@ UniqueIndex: type[PyUniqueIndex] = (
     if _NATIVE is None or os.environ.get("BUCKETLY_NO_SPEEDUPS")
     else cast("type[PyUniqueIndex]", _NATIVE)  # not a subclass, but the same interface
 )
+
+
+# Sent as a dict of sets would be, {key: [values]}, in views and dumps: the wire codec knows
+# nothing of handler data types, they register how they are sent.
+register_encoder(UNIQUE_INDEX_TYPES, lambda index: index.items())
 
 
 def speedups_available() -> bool:

@@ -60,6 +60,7 @@ from ..errors import (
     StorageError,
     UnknownBucket,
 )
+from ..lograte import LogLimiter
 from ..protocol.messages import pack, unpack
 from ..store.database import forget_durable_head, note_durable_head
 from ..unique import UNIQUE_INDEX_TYPES, UniqueIndex
@@ -107,14 +108,6 @@ INSERT_ROWS = 500
 #: Log records read per round trip to the writer thread during recovery: bounds the memory that
 #: recovery holds (records are up to a frame each) without a round trip per record.
 RECOVERY_CHUNK = 256
-#: Longest producer id accepted in a send: a client's random id needs 32 characters (a UUID in
-#: hex); anything much longer is a mistake, and every bucket keeps one entry per producer.
-MAX_PRODUCER_LENGTH = 64
-#: Largest producer sequence number (SQLite integers are signed 64-bit).
-MAX_PRODUCER_SEQ = 2**63 - 1
-#: A failing commit or snapshot is logged at once, then at most once per this many seconds
-#: while it keeps failing (each sender is told anyway), so a full disk does not flood the log.
-FAILURE_LOG_INTERVAL = 60.0
 
 
 # -- snapshot encoding --------------------------------------------------------------------------
@@ -368,7 +361,9 @@ class DurableLog:
         self._wakeup: asyncio.Event | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._maintenance_task: asyncio.Task[None] | None = None
-        self._failure_logged_at = -FAILURE_LOG_INTERVAL
+        #: A failing commit is logged at once, then at most once a minute while it keeps
+        #: failing (each sender is told anyway), so a full disk does not flood the log.
+        self._failure_log = LogLimiter()
         # statistics
         self.commits = 0
         self.records = 0
@@ -622,9 +617,7 @@ class DurableLog:
         for bucket in buckets:
             if bucket.log is not None:
                 bucket.log.in_doubt = True
-        now = time.monotonic()
-        if now - self._failure_logged_at >= FAILURE_LOG_INTERVAL:
-            self._failure_logged_at = now
+        if self._failure_log.ready():
             log.error(
                 "durable log: could not write %d records (%s); their sends were refused "
                 "(%d failed commits so far)",
@@ -718,11 +711,6 @@ class DurableLog:
         future = self._schedule(partial(self._snapshot, bucket))
         future.add_done_callback(_log_unexpected)
         return future
-
-    async def snapshot(self, bucket: Bucket) -> None:
-        """Snapshot ``bucket`` now (in order with its records) and compact its log."""
-        if bucket.log is not None:
-            await self._queue_snapshot(bucket)
 
     def _encode_snapshot(self, bucket: Bucket) -> tuple[bytes, bytes]:
         try:

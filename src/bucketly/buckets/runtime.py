@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadArgument, HandlerError, UnknownHandler, UnknownView
 from ..handlers import HandlerInfo, Job, JobSpec
+from ..lograte import LogLimiter
 from ..store import BucketRow
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ class Bucket:
         self.info = info
         self.events = 0
         self.errors = 0
-        self._error_logged_at = -self.ERROR_LOG_INTERVAL
+        #: Handler exceptions are logged at most once a minute per bucket (each is also sent
+        #: to the client that caused it), so a broken handler cannot flood the log.
+        self._error_log = LogLimiter()
         self.handler: Any = None
         #: Why the bucket cannot take requests (its handler is gone or failed to start).
         self.broken: str | None = None
@@ -82,15 +85,9 @@ class Bucket:
         self._on_events = self.handler.on_events if info.batches else None
         self._on_event = self.handler.on_event
 
-    #: Handler exceptions are logged at most once per this many seconds per bucket (each
-    #: is also sent to the client that caused it), so a broken handler cannot flood the log.
-    ERROR_LOG_INTERVAL = 60.0
-
     def _handler_error(self, message: str, detail: Any = None) -> HandlerError:
         self.errors += 1
-        now = time.monotonic()
-        if now - self._error_logged_at >= self.ERROR_LOG_INTERVAL:
-            self._error_logged_at = now
+        if self._error_log.ready():
             log.warning("bucket %r: %s (%d handler errors so far)", self.name, message, self.errors)
         return HandlerError(message, detail=detail)
 
@@ -226,10 +223,6 @@ class Bucket:
 class JobRunner:
     """Runs one ``@every`` method of one bucket on its schedule, and keeps its statistics."""
 
-    #: A failing job logs its first failure, then again after this many seconds at most, so a
-    #: database that is down for an hour does not flood the log (the count is in ``stats``).
-    FAILURE_LOG_INTERVAL = 60.0
-
     def __init__(self, bucket: Bucket, name: str, spec: JobSpec, executor: Executor) -> None:
         self.bucket = bucket
         self.name = name
@@ -255,7 +248,9 @@ class JobRunner:
         self.last_success_at: float | None = None
         self.last_duration: float | None = None
         self.running = False
-        self._last_logged = 0.0
+        #: A failing job logs the first failure of a series, then at most once a minute, so a
+        #: database that is down for an hour does not flood the log (the count is in ``stats``).
+        self._failure_log = LogLimiter()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -367,9 +362,7 @@ class JobRunner:
                     self.name,
                     _describe(callback_exc),
                 )
-        now = time.monotonic()
-        if self.consecutive_failures == 1 or now - self._last_logged >= self.FAILURE_LOG_INTERVAL:
-            self._last_logged = now
+        if self._failure_log.ready(anew=self.consecutive_failures == 1):
             log.error(
                 "job %s.%s failed (%d in a row): %s",
                 self.bucket.name,

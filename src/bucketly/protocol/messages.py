@@ -12,13 +12,13 @@ docs/protocol.md is the full specification.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ormsgpack
 
 from ..errors import BadFrame, BadRequest, BucketlyError, ProtocolError, error_class_for_code
-from ..unique import UNIQUE_INDEX_TYPES
 from .framing import encode_frame
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "decode_server_message",
     "encode_message",
     "pack",
+    "register_encoder",
     "request_from_wire",
     "unpack",
 ]
@@ -41,12 +42,31 @@ _UNPACK_OPTIONS = ormsgpack.OPT_NON_STR_KEYS
 _PACK_OPTIONS = ormsgpack.OPT_NON_STR_KEYS
 
 
+#: How values of other types are sent, by type: ``register_encoder`` adds to it.
+_ENCODERS: dict[type, Callable[[Any], Any]] = {}
+
+
+def register_encoder(types: type | tuple[type, ...], encode: Callable[[Any], Any]) -> None:
+    """Send values of ``types`` (and their subclasses) as ``encode(value)``, which MessagePack
+    can carry.
+
+    For data types of the layers above the codec (``bucketly.UniqueIndex`` registers itself), so
+    that the codec does not import them.
+    """
+    for kind in types if isinstance(types, tuple) else (types,):
+        _ENCODERS[kind] = encode
+
+
 def _default(value: Any) -> Any:
     # Sets are the most common aggregate; send them as arrays rather than refuse them.
     if isinstance(value, (set, frozenset)):
         return list(value)
-    if isinstance(value, UNIQUE_INDEX_TYPES):
-        return value.items()  # {key: [values]}, as a dict of sets would be sent
+    encode = _ENCODERS.get(type(value))
+    if encode is not None:
+        return encode(value)
+    for kind, encode in _ENCODERS.items():  # a subclass of a registered type
+        if isinstance(value, kind):
+            return encode(value)
     raise TypeError(f"{type(value).__name__} is not MessagePack serializable")
 
 

@@ -37,6 +37,12 @@ __all__ = [
 #: or digit, so that they are safe in logs, file names and permission patterns.
 BUCKET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}")
 MAX_BUCKET_NAME_LENGTH = 200
+#: Longest producer id accepted in a send: a client's random id needs 32 characters (a UUID in
+#: hex); anything much longer is a mistake, and every bucket keeps one entry per producer.
+MAX_PRODUCER_LENGTH = 64
+#: Largest producer sequence number (durable buckets log it, and SQLite integers are signed
+#: 64-bit).
+MAX_PRODUCER_SEQ = 2**63 - 1
 #: User names: 1 to 64 letters, digits and ``_ . @ -``, starting with a letter or digit.
 USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
 MAX_USER_NAME_LENGTH = 64

@@ -53,7 +53,6 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ..buckets.durability import MAX_PRODUCER_LENGTH, MAX_PRODUCER_SEQ
 from ..errors import (
     AuthRequired,
     BadArgument,
@@ -70,7 +69,12 @@ from ..errors import (
 )
 from ..protocol import OPS, ErrorReply, Op, ServerProtocol, encode_message, validate_args
 from ..protocol.messages import Request
-from ..protocol.ops import MAX_BUCKET_NAME_LENGTH, PERMISSIONS
+from ..protocol.ops import (
+    MAX_BUCKET_NAME_LENGTH,
+    MAX_PRODUCER_LENGTH,
+    MAX_PRODUCER_SEQ,
+    PERMISSIONS,
+)
 from .dispatch import IMPLEMENTATIONS
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import DataLossDetected, StorageError, UnknownUser, UserExists
+from ..lograte import LogLimiter
 from ..protocol.messages import pack, unpack
 from .mark import MarkFile
 from .passwords import hash_password
@@ -197,7 +198,9 @@ class Database:
         self._conn: sqlite3.Connection | None = None
         #: Set by an I/O error: the next write starts from a new connection (see _write).
         self._reopen = False
-        self._failure_logged_at = -_FAILURE_LOG_INTERVAL
+        #: A failing write is logged at once, then at most once a minute while writes keep
+        #: failing (each caller is told anyway), so a full disk does not flood the log.
+        self._failure_log = LogLimiter()
         self._mark = MarkFile(self.path)
         self._file_id = ""
         #: Write transactions the file has committed (``file_mark``; the mark file follows).
@@ -361,9 +364,7 @@ class Database:
         except sqlite3.Error as exc:
             if _is_io_error(exc):
                 self._reopen = True
-            now = time.monotonic()
-            if now - self._failure_logged_at >= _FAILURE_LOG_INTERVAL:
-                self._failure_logged_at = now
+            if self._failure_log.ready():
                 log.error("database write failed: %s", exc)
             raise StorageError(f"could not write the database file: {exc}") from None
         self.commits = commits
@@ -573,9 +574,6 @@ class Database:
         self._executor.shutdown(wait=True)
 
 
-#: A failing write is logged at once, then at most once a minute while writes keep failing (each
-#: caller is told anyway), so a full disk does not flood the log.
-_FAILURE_LOG_INTERVAL = 60.0
 #: SQLite primary result codes after which the connection is reopened rather than reused.
 _IO_ERRORS = frozenset({10, 11, 13, 14, 26})  # IOERR, CORRUPT, FULL, CANTOPEN, NOTADB
 

@@ -14,7 +14,6 @@ __all__ = [
     "ARGON2_PARALLELISM",
     "ARGON2_TIME_COST",
     "hash_password",
-    "needs_rehash",
     "verify_password",
 ]
 
@@ -44,7 +43,3 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
         return False
-
-
-def needs_rehash(password_hash: str) -> bool:
-    return _hasher.check_needs_rehash(password_hash)
