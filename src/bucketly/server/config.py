@@ -12,6 +12,7 @@ from typing import Any
 
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from .admission import DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_RESERVED_CONNECTIONS
+from .throttle import AUTH_FREE_FAILURES, AUTH_MAX_DELAY
 
 __all__ = ["DEFAULT_DATABASE", "DEFAULT_PORT", "ENV_PREFIX", "ServerConfig", "options"]
 
@@ -92,13 +93,14 @@ class ServerConfig:
         "large: nginx and Redis use 511, uvicorn 2048. Linux caps it at net.core.somaxconn.",
     )
     auth_free_failures: int = _option(
-        5,
-        "Failed logins allowed per user name and per client address before logins there are "
-        "refused (too_many_attempts) without checking the password, for a window that starts "
-        "at 1 second and doubles with each further failure.",
+        AUTH_FREE_FAILURES,
+        "Failed password logins per user name, per client address and per (user, address) "
+        "after which logins there are refused (too_many_attempts) without checking the "
+        "password, for a window that starts at 1 second and doubles with each further failure. "
+        "A user who logged in from an address lately counts only its own failures there.",
     )
     auth_max_delay: float = _option(
-        60.0,
+        AUTH_MAX_DELAY,
         "The longest such window, in seconds: the right password always works again after at "
         "most this long.",
     )
