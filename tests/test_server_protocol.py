@@ -202,8 +202,11 @@ def test_too_many_connections_gets_a_clear_refusal(tmp_path: Any) -> None:
     with run_server(
         handlers=TEST_HANDLERS, database=tmp_path / "db.dat", extra_args=["--max-connections", "2"]
     ) as server:
+        # Both slots held by logged-in connections: no slot can be taken back.
         first = RawConnection(server.host, server.port)
+        first.auth()
         second = RawConnection(server.host, server.port)
+        second.auth()
         sock = socket.create_connection((server.host, server.port), timeout=10)
         protocol = ClientProtocol()
         deadline = time.monotonic() + 10

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
+from .admission import DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_RESERVED_CONNECTIONS
+from .throttle import AUTH_FREE_FAILURES, AUTH_MAX_DELAY
 
 __all__ = ["DEFAULT_DATABASE", "DEFAULT_PORT", "ENV_PREFIX", "ServerConfig", "options"]
 
@@ -67,17 +69,38 @@ class ServerConfig:
     )
     max_connections: int = _option(
         1024,
-        "Most client connections at once. One more is sent a too_many_connections error and "
-        "closed. Keep it below the process's open-file limit.",
+        "Most client connections at once. When all are taken, a new connection takes the slot "
+        "of the oldest one that has not logged in (which gets limit_exceeded); when every one "
+        "has logged in, the new one is sent too_many_connections and closed. Keep it below the "
+        "process's open-file limit.",
+    )
+    reserved_connections: int = _option(
+        DEFAULT_RESERVED_CONNECTIONS,
+        "Slots of --max-connections that only connections that log in may have: connections "
+        "that have not logged in take at most the others, and beyond that a new one takes the "
+        "slot of the oldest of them.",
+    )
+    max_unauthenticated_per_address: int = _option(
+        DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
+        "Connections one client address (IPv6: one /64) may have open before they log in. One "
+        "more takes the slot of that address's oldest one that is not logging in, or is "
+        "refused (too_many_connections) if all of them are.",
+    )
+    listen_backlog: int = _option(
+        1024,
+        "Connections the kernel queues for the server before it accepts them. Beyond it, new "
+        "connections wait for a SYN retry (a second or more), so bursts of connects need it "
+        "large: nginx and Redis use 511, uvicorn 2048. Linux caps it at net.core.somaxconn.",
     )
     auth_free_failures: int = _option(
-        5,
-        "Failed logins allowed per user name and per client address before logins there are "
-        "refused (too_many_attempts) without checking the password, for a window that starts "
-        "at 1 second and doubles with each further failure.",
+        AUTH_FREE_FAILURES,
+        "Failed password logins per user name, per client address and per (user, address) "
+        "after which logins there are refused (too_many_attempts) without checking the "
+        "password, for a window that starts at 1 second and doubles with each further failure. "
+        "A user who logged in from an address lately counts only its own failures there.",
     )
     auth_max_delay: float = _option(
-        60.0,
+        AUTH_MAX_DELAY,
         "The longest such window, in seconds: the right password always works again after at "
         "most this long.",
     )

@@ -76,6 +76,7 @@ from ..protocol.ops import (
     PERMISSIONS,
 )
 from .dispatch import IMPLEMENTATIONS
+from .throttle import peer_key
 
 if TYPE_CHECKING:
     from ..buckets import Bucket
@@ -184,10 +185,12 @@ class ServerConnection(asyncio.Protocol):
             self.closed = True
             transport.close()
             return
-        if len(server.connections) >= server.config.max_connections:
+        victims = server.admission.admit(self, peer_key(self.peer_host))
+        if victims is None:
             server.audit.warn(
                 "max_connections",
-                "refused connection from %s: already %d connections (--max-connections)",
+                "refused connection from %s: already %d connections (--max-connections), "
+                "none of them waiting to log in",
                 self.peer,
                 len(server.connections),
             )
@@ -199,15 +202,37 @@ class ServerConnection(asyncio.Protocol):
             self.closed = True
             transport.close()
             return
+        for victim, limit in victims:
+            victim.give_way(limit)
         server.connections.add(self)
         server.connections_total += 1
         transport.write(self.protocol.greeting(server.name))
 
+    @property
+    def authenticating(self) -> bool:
+        """Not logged in, with a login being checked (admission never evicts it then)."""
+        return self.user is None and self.busy is not None
+
+    def give_way(self, limit: str) -> None:
+        """Close this connection, which has not logged in, to give its slot to a new one."""
+        waited = time.monotonic() - self._unauthenticated_since
+        self.limit_exceeded(
+            limit,
+            f"a new connection took the slot of this one, which had not logged in after "
+            f"{waited:.1f} s",
+        )
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._lost = True
-        self.server.connections.discard(self)
-        self.server.connection_gone()
+        self._release()
+
+    def _release(self) -> None:
+        """Give the connection's slot back (once it is closed for good, or lingers no more)."""
+        server = self.server
+        server.admission.closed(self)
+        server.connections.discard(self)
+        server.connection_gone()
 
     def eof_received(self) -> bool:
         return False  # the client is done sending: close (after the replies already written)
@@ -637,6 +662,7 @@ class ServerConnection(asyncio.Protocol):
         self._allowed.clear()
         self._grants_version = self.server.grants_version
         self.protocol.max_frame_size = self.server.config.max_frame_size
+        self.server.admission.logged_in(self)
 
     def log_out(self) -> None:
         """Back to unauthenticated (a failed auth, or the user or token is gone)."""
@@ -646,6 +672,8 @@ class ServerConnection(asyncio.Protocol):
         self._allowed.clear()
         self._unauthenticated_since = time.monotonic()
         self.protocol.max_frame_size = min(config.max_frame_size, config.pre_auth_bytes)
+        if not self.closed:
+            self.server.admission.waiting(self, peer_key(self.peer_host))
 
     def _refresh(self) -> None:
         server = self.server
@@ -743,15 +771,18 @@ class ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._lost:
             return
-        # Not for a connection that never logged in (it broke a pre-auth limit): lingering would
-        # let it hold its slot for CLOSE_GRACE more. If it goes on sending, a reset may then
-        # cost it the error reply: a price for it, not for the server.
+        # Not for a connection that never logged in (it broke a pre-auth limit, or gave way to
+        # a new one): lingering would let it hold its slot for CLOSE_GRACE more, so its slot
+        # is given back at once. If it goes on sending, a reset may then cost it the error
+        # reply: a price for it, not for the server.
         if transport.can_write_eof() and (self.user is not None or self.server.shutting_down):
             transport.write_eof()
             self._reading_paused = False
             transport.resume_reading()
         else:
             transport.close()  # TLS: close_notify, then the close
+            if self.user is None:
+                self._release()
         asyncio.get_running_loop().call_later(CLOSE_GRACE, self._abort)
 
     def finish(self) -> None:

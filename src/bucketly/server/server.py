@@ -27,6 +27,7 @@ from ..buckets.workers import WorkerThreads
 from ..errors import ConfigError, DataLossDetected
 from ..handlers import HandlerInfo, load_handlers
 from ..store import Database
+from .admission import Admission
 from .audit import AuditLog
 from .config import ServerConfig
 from .connection import CLOSE_GRACE, ServerConnection
@@ -68,6 +69,12 @@ class Server:
         )
         self.audit = AuditLog(self.db)
         self.throttle = AuthThrottle(config.auth_free_failures, config.auth_max_delay)
+        #: Who gets a connection slot (admission.py).
+        self.admission: Admission[ServerConnection] = Admission(
+            config.max_connections,
+            config.reserved_connections,
+            config.max_unauthenticated_per_address,
+        )
         self.auth_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bucketly-auth")
         # Daemon threads (workers.py): a job stuck in its work cannot hold the process past
         # --shutdown-timeout.
@@ -130,6 +137,7 @@ class Server:
             config.hostname,
             config.port,
             reuse_address=True,
+            backlog=config.listen_backlog,
             start_serving=False,
             ssl=ssl_context,
             ssl_handshake_timeout=config.auth_timeout if ssl_context is not None else None,

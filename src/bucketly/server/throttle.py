@@ -1,14 +1,21 @@
 """Throttling of failed logins, per user name and per client address, before any hashing.
 
-Theory of operation. Each key (``user:<name>`` or ``peer:<address>``) has a record of recent
-failures. The first ``free_failures`` failures (``--auth-free-failures``) cost nothing; each one
-after that closes the key for an exponentially growing window (``AUTH_BASE_DELAY`` doubling up to
-``max_delay``, ``--auth-max-delay``).
+Theory of operation. Each key (``user:<name>``, ``peer:<address>``, or ``pair:<name>@<address>``)
+has a record of recent failures. ``free_failures`` failures (``--auth-free-failures``) cost
+nothing; the last of them, and each one after, closes the key for an exponentially growing window
+(``AUTH_BASE_DELAY`` doubling up to ``max_delay``, ``--auth-max-delay``): so after exactly
+``free_failures`` failures the next login is refused.
 A login on a closed key is refused with ``too_many_attempts`` without touching the password, so a
 guesser gets at most one hash per window. Windows are capped and records are forgotten after
-``AUTH_FORGET_AFTER`` quiet seconds, so the right password is never locked out for good; a
-successful login clears its user's record (not its address's: a valid account must not buy a
-sprayer a fresh budget).
+``AUTH_FORGET_AFTER`` quiet seconds, so the right password is never locked out for good.
+
+Which keys a password login is checked against (``keys_for``): a user who logged in from an
+address within ``AUTH_TRUST_SECONDS`` is checked only against its own pair key there, so other
+people's failures (a guesser behind the same NAT, or guessing this user's password from elsewhere)
+do not lock it out of the place it usually logs in from; anyone else is checked against the pair,
+the user and the address. Every failure counts against all three. A successful login clears the
+pair and the user (not the address: a valid account must not buy a sprayer a fresh budget), and
+makes the pair trusted. Token logins are not throttled: a token's secret has 128 random bits.
 
 Besides the window, ``turn()`` lets at most ``AUTH_CONCURRENCY_PER_KEY`` logins of one key hash at
 once; the others wait their turn. So a thousand connections from one address, or aimed at one
@@ -37,7 +44,9 @@ __all__ = [
     "AUTH_FREE_FAILURES",
     "AUTH_MAX_DELAY",
     "AUTH_MAX_TRACKED",
+    "AUTH_TRUST_SECONDS",
     "AuthThrottle",
+    "pair_key",
     "peer_key",
     "user_key",
 ]
@@ -56,10 +65,17 @@ AUTH_FORGET_AFTER = 15 * 60.0
 AUTH_CONCURRENCY_PER_KEY = 2
 #: Keys remembered at most (~200 bytes each): a flood of made-up names cannot grow memory.
 AUTH_MAX_TRACKED = 10_000
+#: How long a successful login makes its (user, address) pair trusted: about a work week, so a
+#: producer that reconnects now and then, or a person who logs in daily, keeps it.
+AUTH_TRUST_SECONDS = 7 * 24 * 3600.0
 
 
 def user_key(name: str) -> str:
     return "user:" + name[:100]
+
+
+def pair_key(name: str, host: str) -> str:
+    return "pair:" + name[:100] + "@" + peer_key(host)[5:]
 
 
 def peer_key(host: str) -> str:
@@ -101,6 +117,16 @@ class AuthThrottle:
         self._clock = clock
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._turns: dict[str, _Turn] = {}
+        #: Pair keys that logged in lately, with when (oldest first; bounded like records).
+        self._trusted: OrderedDict[str, float] = OrderedDict()
+
+    def keys_for(self, name: str, host: str) -> tuple[str, ...]:
+        """The keys a password login of ``name`` from ``host`` is checked against."""
+        pair = pair_key(name, host)
+        trusted = self._trusted.get(pair)
+        if trusted is not None and self._clock() - trusted <= AUTH_TRUST_SECONDS:
+            return (pair,)
+        return (pair, user_key(name), peer_key(host))
 
     def retry_after(self, *keys: str) -> float:
         """Seconds until every key is open again (0.0: go ahead)."""
@@ -123,15 +149,22 @@ class AuthThrottle:
             self._records[key] = record  # most recently failed last: evicted last
             record.failures += 1
             record.last_failure = now
-            over = record.failures - self.free_failures
+            over = record.failures - self.free_failures + 1
             if over > 0:
                 delay = min(AUTH_BASE_DELAY * 2 ** min(over - 1, 32), self.max_delay)
                 record.closed_until = now + delay
         while len(self._records) > AUTH_MAX_TRACKED:
             self._records.popitem(last=False)
 
-    def succeeded(self, key: str) -> None:
-        self._records.pop(key, None)
+    def succeeded(self, name: str, host: str) -> None:
+        """A password login of ``name`` from ``host`` worked: clear the pair and the user."""
+        pair = pair_key(name, host)
+        self._records.pop(pair, None)
+        self._records.pop(user_key(name), None)
+        self._trusted.pop(pair, None)
+        self._trusted[pair] = self._clock()
+        while len(self._trusted) > AUTH_MAX_TRACKED:
+            self._trusted.popitem(last=False)
 
     def failures(self, key: str) -> int:
         record = self._records.get(key)
