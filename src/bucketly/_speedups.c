@@ -2090,11 +2090,124 @@ module_exec(PyObject *m)
     return 0;
 }
 
+/* ------------------------------------------------------------------------
+ * msgpack_objects(data, limit) -> int
+ *
+ * Counts the MessagePack values in the first value of ``data`` (a map with
+ * two entries and a string in one of them counts 4: the map, its two keys,
+ * two values... each header is one value), without building any of them:
+ * the server calls it before decoding a frame, to refuse one whose decoded
+ * form would be far larger than its bytes (an empty map is one byte on the
+ * wire and 64 in memory).  It stops as soon as the count passes ``limit``
+ * and then returns limit + 1.  Malformed or truncated data returns -1: the
+ * decoder that runs next says what is wrong with it.  No recursion: one
+ * counter of values still to read, which can never exceed the bytes left
+ * (every value takes at least one), so it cannot overflow either.
+ * ------------------------------------------------------------------------ */
+
+static PyObject *
+speedups_msgpack_objects(PyObject *module, PyObject *const *args,
+                         Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "msgpack_objects(data, limit) takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)view.buf;
+    const unsigned char *end = p + view.len;
+    Py_ssize_t count = 0;
+    /* Values announced but not read yet (a map of n entries announces 2n). */
+    uint64_t todo = 1;
+    Py_ssize_t result;
+#define NEED(n) do { if ((size_t)(end - p) < (size_t)(n)) goto bad; } while (0)
+#define BE16(q) ((uint64_t)(q)[0] << 8 | (uint64_t)(q)[1])
+#define BE32(q) ((uint64_t)(q)[0] << 24 | (uint64_t)(q)[1] << 16 | \
+                 (uint64_t)(q)[2] << 8 | (uint64_t)(q)[3])
+    while (todo) {
+        if (count >= limit) {
+            result = limit + 1;
+            goto done;
+        }
+        NEED(1);
+        unsigned char b = *p++;
+        uint64_t skip = 0, children = 0;
+        todo--;
+        count++;
+        if (b <= 0x7f || b >= 0xe0) {
+            /* fixint */
+        } else if (b <= 0x8f) {
+            children = 2 * (uint64_t)(b & 0x0f);
+        } else if (b <= 0x9f) {
+            children = b & 0x0f;
+        } else if (b <= 0xbf) {
+            skip = b & 0x1f;
+        } else {
+            switch (b) {
+            case 0xc0: case 0xc2: case 0xc3: break;
+            case 0xc4: case 0xd9: NEED(1); skip = p[0]; p += 1; break;
+            case 0xc5: case 0xda: NEED(2); skip = BE16(p); p += 2; break;
+            case 0xc6: case 0xdb: NEED(4); skip = BE32(p); p += 4; break;
+            case 0xc7: NEED(2); skip = p[0]; p += 2; break; /* length, type */
+            case 0xc8: NEED(3); skip = BE16(p); p += 3; break;
+            case 0xc9: NEED(5); skip = BE32(p); p += 5; break;
+            case 0xca: skip = 4; break;
+            case 0xcb: skip = 8; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xce: case 0xd2: skip = 4; break;
+            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: NEED(2); children = BE16(p); p += 2; break;
+            case 0xdd: NEED(4); children = BE32(p); p += 4; break;
+            case 0xde: NEED(2); children = 2 * BE16(p); p += 2; break;
+            case 0xdf: NEED(4); children = 2 * BE32(p); p += 4; break;
+            default: goto bad; /* 0xc1: never used */
+            }
+        }
+        NEED(skip);
+        p += skip;
+        todo += children;
+        if (todo > (uint64_t)(end - p))
+            goto bad; /* more values announced than bytes left */
+    }
+    result = count;
+    goto done;
+bad:
+    result = -1;
+done:
+#undef NEED
+#undef BE16
+#undef BE32
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(result);
+}
+
+static PyMethodDef module_methods[] = {
+    {"msgpack_objects", (PyCFunction)(void (*)(void))speedups_msgpack_objects,
+     METH_FASTCALL,
+     "msgpack_objects(data, limit, /) -> int\n--\n\n"
+     "The number of MessagePack values in the first value of data, or\n"
+     "limit + 1 once it passes limit, or -1 if data is malformed."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_speedups",
     .m_doc = "Native helpers for bucketly.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

@@ -120,7 +120,8 @@ class LimitExceeded(ProtocolError):
     """The peer broke a limit of the connection; the server closes it.
 
     ``detail["limit"]`` names the limit: ``pre_auth_bytes``, ``pre_auth_frames``,
-    ``auth_timeout`` or ``frame_timeout`` (each a bucketlyd option of the same name).
+    ``auth_timeout``, ``frame_timeout`` or ``max_frame_objects`` (each a bucketlyd option of
+    the same name).
     """
 
     code = "limit_exceeded"

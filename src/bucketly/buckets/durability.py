@@ -275,6 +275,7 @@ class BucketLog:
         "events_since_snapshot",
         "in_doubt",
         "pending",
+        "queued",
         "records_since_snapshot",
         "seq",
         "snapshot_at",
@@ -282,6 +283,7 @@ class BucketLog:
         "snapshot_queued",
         "snapshot_seq",
         "snapshots",
+        "waiting",
     )
 
     def __init__(self, seq: int = 0) -> None:
@@ -303,6 +305,10 @@ class BucketLog:
         #: first, or, for an idle bucket, the maintenance task does (``_forget_doubt``).
         self.in_doubt = False
         self.doubt_queued = False
+        #: What the records queued or being written can take in memory (``Record.cost``), and
+        #: the senders waiting for it to go under the cap (``DurableLog.room``).
+        self.queued = 0
+        self.waiting: list[asyncio.Future[None]] = []
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -312,19 +318,23 @@ class BucketLog:
             "log_events": self.events_since_snapshot,
             "snapshots": self.snapshots,
             "snapshot_error": self.snapshot_error,
+            "queued_bytes": self.queued,
         }
 
 
 class Record:
     """One send to a durable bucket, from the moment it is queued until it is settled."""
 
-    __slots__ = ("bucket", "events", "future", "journal", "payload", "producer",
+    __slots__ = ("bucket", "cost", "events", "future", "journal", "payload", "producer",
                  "producer_seq", "seq")
 
     def __init__(self, bucket: Bucket, journal: BucketLog, events: list[Any], payload: bytes,
                  producer: str | None, producer_seq: int | None,
-                 future: asyncio.Future[dict[str, Any]]) -> None:
+                 future: asyncio.Future[dict[str, Any]], cost: int = 0) -> None:
         self.bucket = bucket
+        #: Bytes the record can take in memory (``protocol.limits.decoded_cost``), counted in
+        #: ``journal.queued`` until it is settled.
+        self.cost = cost
         self.journal = journal
         self.events = events
         self.payload = payload
@@ -348,6 +358,7 @@ class DurableLog:
         snapshot_events: int,
         snapshot_seconds: float,
         producer_retention: float,
+        max_bucket_queue: int,
         faults: Faults | None = None,
     ) -> None:
         self.db = db
@@ -356,6 +367,9 @@ class DurableLog:
         self.snapshot_events = snapshot_events
         self.snapshot_seconds = snapshot_seconds
         self.producer_retention = producer_retention
+        #: Bytes the records queued for one bucket may take (``--max-bucket-queue``): beyond,
+        #: ``full()`` says so and senders wait for ``room()``.
+        self.max_bucket_queue = max_bucket_queue
         self.fault = faults if faults is not None else Faults()
         self._queue: deque[Record | _Action] = deque()
         self._wakeup: asyncio.Event | None = None
@@ -434,13 +448,15 @@ class DurableLog:
         producer: str | None = None,
         producer_seq: int | None = None,
         payload: bytes | None = None,
+        cost: int = 0,
     ) -> asyncio.Future[dict[str, Any]]:
         """Queue a batch for ``bucket`` (durable). The future gives the send's result once the
         batch is on disk and applied, or raises the send's error (``storage_error``...).
 
         ``payload``: what to log, if the caller has it encoded already: a MessagePack map whose
         ``"events"`` are ``events`` (the send request as received). By default the events are
-        encoded as an array.
+        encoded as an array. ``cost``: what the batch takes in memory, counted against
+        ``max_bucket_queue`` until it is settled. Callers check ``full()`` first.
         """
         journal = bucket.log
         assert journal is not None
@@ -450,12 +466,27 @@ class DurableLog:
                 return pending.future
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         record = Record(bucket, journal, events, pack(events) if payload is None else payload,
-                        producer, producer_seq, future)
+                        producer, producer_seq, future, cost)
+        journal.queued += cost
         if producer is not None:
             journal.pending[(producer, producer_seq)] = record  # type: ignore[index]
         self._queue.append(record)
         assert self._wakeup is not None
         self._wakeup.set()
+        return future
+
+    def full(self, bucket: Bucket) -> bool:
+        """Whether the records queued for durable ``bucket`` take up its whole queue."""
+        return bucket.log is not None and bucket.log.queued >= self.max_bucket_queue
+
+    def room(self, bucket: Bucket) -> asyncio.Future[None]:
+        """A future done once ``bucket``'s queue is no longer full (at once if it is not)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        journal = bucket.log
+        if journal is None or journal.queued < self.max_bucket_queue:
+            future.set_result(None)
+        else:
+            journal.waiting.append(future)
         return future
 
     async def in_order(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -651,6 +682,15 @@ class DurableLog:
 
     def _settle(self, record: Record, result: dict[str, Any] | None = None,
                 error: BucketlyError | None = None) -> None:
+        journal = record.journal
+        if record.cost:
+            journal.queued -= record.cost
+            record.cost = 0
+            if journal.waiting and journal.queued < self.max_bucket_queue:
+                waiting, journal.waiting = journal.waiting, []
+                for waiter in waiting:
+                    if not waiter.done():
+                        waiter.set_result(None)
         if record.producer is not None:
             key = (record.producer, record.producer_seq)
             if record.journal.pending.get(key) is record:  # type: ignore[arg-type]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BadFrame, BadRequest, BucketlyError
+from ..errors import BadFrame, BadRequest, BucketlyError, LimitExceeded
 from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
+from .limits import DEFAULT_MAX_FRAME_OBJECTS, object_bound
 from .messages import (
     PROTOCOL_VERSION,
     ErrorReply,
@@ -35,8 +36,17 @@ MAX_ERROR_MESSAGE = 2000
 class ServerProtocol:
     """The server's side: greets, reads requests, encodes replies."""
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_frame_objects: int = DEFAULT_MAX_FRAME_OBJECTS,
+    ) -> None:
         self._decoder = FrameDecoder(max_frame_size)
+        #: Values a frame may hold (``protocol.limits``); a frame of more is not decoded.
+        self.max_frame_objects = max_frame_objects
+        #: Raised again by every later ``next_request()``: the stream is not read past it.
+        self._refused: LimitExceeded | None = None
 
     def greeting(self, server: str) -> bytes:
         """Bytes of the greeting frame: send them first, as soon as the connection opens."""
@@ -64,11 +74,23 @@ class ServerProtocol:
 
         A frame whose body is not a valid request does not end the connection: frames are
         length-delimited, so the next one is still found. ``FrameTooLarge`` is raised, and then
-        the connection must be closed.
+        the connection must be closed; so is ``LimitExceeded`` for a frame of more than
+        ``max_frame_objects`` values, which is not decoded (its id is not known).
         """
+        if self._refused is not None:
+            raise self._refused
         body = self._decoder.next_frame()
         if body is None:
             return None
+        limit = self.max_frame_objects
+        # Every value takes a byte at least: only a frame longer than the limit can break it.
+        if len(body) > limit and object_bound(body, limit) > limit:
+            self._refused = LimitExceeded(
+                f"a frame of more than {limit} MessagePack values (maps, arrays, strings, "
+                "numbers...); send smaller batches",
+                detail={"limit": "max_frame_objects"},
+            )
+            raise self._refused
         try:
             return request_from_wire(unpack(body), body)
         except BadRequest as exc:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
+from ..protocol.limits import DEFAULT_MAX_FRAME_OBJECTS
 from .admission import DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_RESERVED_CONNECTIONS
 from .throttle import AUTH_FREE_FAILURES, AUTH_MAX_DELAY
 
@@ -66,6 +67,27 @@ class ServerConfig:
         DEFAULT_MAX_FRAME_SIZE,
         "Largest frame a client may send, in bytes; checked from the length header before the "
         "body is read. A larger frame gets a frame_too_large error and the connection is closed.",
+    )
+    max_frame_objects: int = _option(
+        DEFAULT_MAX_FRAME_OBJECTS,
+        "Most MessagePack values (maps, arrays, strings, numbers: each counts one) in a frame, "
+        "counted before it is decoded. Decoded, a value takes up to 96 bytes however small it "
+        "is on the wire, so this bounds what one frame can take in memory (about 96 MiB by "
+        "default, beyond its bytes). A frame of more gets a limit_exceeded error and the "
+        "connection is closed.",
+    )
+    max_connection_queue: int = _option(
+        64 * 1024 * 1024,
+        "Bytes that the sends of one connection waiting for their durable commit may hold, "
+        "decoded, at most (each counts its frame twice plus 96 bytes a value: what it can take "
+        "at most). Past it the server stops reading from that connection until commits "
+        "complete.",
+    )
+    max_bucket_queue: int = _option(
+        256 * 1024 * 1024,
+        "The same, for all the sends waiting for the commit of one durable bucket, from every "
+        "connection. Past it, sends to that bucket wait (their connections stop reading) until "
+        "commits complete.",
     )
     max_connections: int = _option(
         1024,

@@ -19,6 +19,12 @@ connection goes on reading, and further sends to durable buckets join the pipeli
 kind is *held*: it waits, with everything after it, until every send before it is on disk and
 applied. The replies of the pipeline are written in order as their commits complete.
 
+Memory (docs/security.md, "Memory"): the sans-I/O layer refuses, unread, a frame of more than
+``max_frame_objects`` values, and each durable send is charged what it can take decoded
+(``protocol.limits.decoded_cost``): the pipeline takes no more sends once this connection's
+charges reach ``max_connection_queue``, and a send to a durable bucket whose queue is full
+(``--max-bucket-queue``) waits for room (``_wait_for_room``), both by not reading further.
+
 Flow control: while busy with a large backlog, or while the transport's write buffer is over its
 high-water mark (a client that does not read its replies), the connection stops reading from the
 socket, so neither side can make the server buffer without bound. A client that does not read
@@ -68,6 +74,7 @@ from ..errors import (
     UnknownOp,
 )
 from ..protocol import OPS, ErrorReply, Op, ServerProtocol, encode_message, validate_args
+from ..protocol.limits import decoded_cost, object_bound
 from ..protocol.messages import Request
 from ..protocol.ops import (
     MAX_BUCKET_NAME_LENGTH,
@@ -125,7 +132,8 @@ class ServerConnection(asyncio.Protocol):
         self.server = server
         config = server.config
         self.protocol = ServerProtocol(
-            max_frame_size=min(config.max_frame_size, config.pre_auth_bytes)
+            max_frame_size=min(config.max_frame_size, config.pre_auth_bytes),
+            max_frame_objects=config.max_frame_objects,
         )
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -146,9 +154,11 @@ class ServerConnection(asyncio.Protocol):
         self._frame_started: float | None = None
         #: The task of the async request in progress; later requests wait for it.
         self.busy: asyncio.Task[None] | None = None
-        #: Durable sends waiting for their commit ``(id, future, ack)``, in order, and the
-        #: replies queued behind them; None when there are none (``_pipeline_send``).
-        self._pipeline: deque[bytes | tuple[int, asyncio.Future[Any], bool]] | None = None
+        #: Durable sends waiting for their commit ``(id, future, ack, cost)``, in order, and
+        #: the replies queued behind them; None when there are none (``_pipeline_send``).
+        self._pipeline: deque[bytes | tuple[int, asyncio.Future[Any], bool, int]] | None = None
+        #: What the sends in the pipeline can take in memory (``--max-connection-queue``).
+        self._pipeline_cost = 0
         #: A request read while pipelining that must wait for the pipeline (``_pipeline_more``).
         self._held: Request | ErrorReply | None = None
         self._reading_paused = False
@@ -337,6 +347,10 @@ class ServerConnection(asyncio.Protocol):
             self._write(out)
             self.close()
             return
+        except LimitExceeded as exc:  # a frame of too many values: not decoded
+            self._write(out)
+            self.limit_exceeded(exc.detail["limit"], exc.message)
+            return
         self._write(out)
         if protocol.buffered:
             if handled or self._frame_started is None:
@@ -472,11 +486,18 @@ class ServerConnection(asyncio.Protocol):
             return None
         if bucket.log is not None:
             # Durable: applied and acknowledged once on disk; see _pipeline_send.
+            durable = self.server.durable
+            if durable.full(bucket):
+                self._wait_for_room(request, bucket)
+                return None
             # A batch is logged as the frame it came in (a map whose "events" are the batch):
             # already encoded, so not encoded again.
-            payload = request.body if "events" in args else None
-            future = self.server.durable.append(bucket, events, producer, seq, payload)
-            self._pipeline_send(request.id, future, ack)
+            body = request.body
+            assert body is not None  # a request read by the server keeps its frame
+            payload = body if "events" in args else None
+            cost = decoded_cost(body, object_bound(body, self.server.config.max_frame_objects))
+            future = durable.append(bucket, events, producer, seq, payload, cost)
+            self._pipeline_send(request.id, future, ack, cost)
             return None
         bucket.apply(events)
         if ack:
@@ -503,29 +524,56 @@ class ServerConnection(asyncio.Protocol):
 
     # -- durable sends: the pipeline -------------------------------------------------------
 
-    def _pipeline_send(self, request_id: int, future: asyncio.Future[Any], ack: bool) -> None:
+    def _pipeline_send(
+        self, request_id: int, future: asyncio.Future[Any], ack: bool, cost: int
+    ) -> None:
         if self._pipeline is None:
             self._pipeline = deque()
             self.busy = asyncio.get_running_loop().create_task(self._drain_pipeline())
-        self._pipeline.append((request_id, future, ack))
+        self._pipeline.append((request_id, future, ack, cost))
+        self._pipeline_cost += cost
 
     def _pipelines(self, request: Request | ErrorReply) -> bool:
-        """Whether ``request`` may join the pipeline: a send to a durable bucket."""
+        """Whether ``request`` may join the pipeline: a send to a durable bucket with room."""
         if type(request) is not Request or request.op != "send":
             return False
         name = request.args.get("bucket")
         bucket = self.server.buckets.get(name) if type(name) is str else None
-        return bucket is not None and bucket.log is not None
+        return (
+            bucket is not None and bucket.log is not None and not self.server.durable.full(bucket)
+        )
+
+    def _wait_for_room(self, request: Request, bucket: Bucket) -> None:
+        """Hold ``request``, a send to durable ``bucket``, until the bucket's queue has room.
+
+        Back-pressure, not an error: the connection is busy meanwhile, so it stops reading
+        once its buffer is full, and the request is handled again, in its turn, afterwards.
+        """
+        self._held = request
+        self.busy = asyncio.get_running_loop().create_task(self._room(bucket))
+
+    async def _room(self, bucket: Bucket) -> None:
+        await self.server.durable.room(bucket)
+        self.busy = None
+        if not self._writing_paused:
+            self._resume_reading()
+        self._process()
 
     def _pipeline_more(self) -> None:
         """Take the sends to durable buckets that follow in the buffer into the pipeline."""
         pipeline = self._pipeline
         assert pipeline is not None
         protocol = self.protocol
-        while self._held is None and len(pipeline) < MAX_PIPELINED_SENDS and not self.closed:
+        limit = self.server.config.max_connection_queue
+        while (
+            self._held is None
+            and len(pipeline) < MAX_PIPELINED_SENDS
+            and self._pipeline_cost < limit
+            and not self.closed
+        ):
             try:
                 request = protocol.next_request()
-            except FrameTooLarge:
+            except (FrameTooLarge, LimitExceeded):
                 return  # _process meets it again once the pipeline is done, and closes
             if request is None:
                 return
@@ -567,10 +615,11 @@ class ServerConnection(asyncio.Protocol):
                 if type(item) is not tuple:
                     out.append(pipeline.popleft())
                     continue
-                request_id, future, ack = item
+                request_id, future, ack, cost = item
                 if not future.done():
                     break
                 pipeline.popleft()
+                self._pipeline_cost -= cost
                 exc = future.exception() if not future.cancelled() else InternalError("cancelled")
                 if exc is None:
                     if ack:

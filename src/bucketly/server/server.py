@@ -66,6 +66,7 @@ class Server:
             snapshot_events=config.snapshot_events,
             snapshot_seconds=config.snapshot_seconds,
             producer_retention=config.producer_retention,
+            max_bucket_queue=config.max_bucket_queue,
         )
         self.audit = AuditLog(self.db)
         self.throttle = AuthThrottle(config.auth_free_failures, config.auth_max_delay)
