@@ -23,13 +23,8 @@ from typing import Any
 import pytest
 
 import bucketly
-from bucketly.buckets.durability import (
-    FAULT_ENV,
-    FAULT_EXIT_STATUS,
-    FAULT_POINTS,
-    pack_state,
-    unpack_state,
-)
+from bucketly.buckets.faults import FAULT_ENV, FAULT_EXIT_STATUS, FAULT_POINTS
+from bucketly.buckets.snapshot_codec import pack_state, unpack_state
 from bucketly.testing import RunningServer, bucketlyd_command
 from bucketly.unique import UNIQUE_INDEX_TYPES, UniqueIndex
 

@@ -30,7 +30,7 @@ from ..lograte import LogLimiter
 from ..store import BucketRow
 
 if TYPE_CHECKING:
-    from .durability import BucketLog
+    from .journal import BucketJournal
 
 __all__ = ["Bucket", "JobRunner"]
 
@@ -63,8 +63,8 @@ class Bucket:
         #: Why the bucket cannot take requests (its handler is gone or failed to start).
         self.broken: str | None = None
         self.jobs: dict[str, JobRunner] = {}
-        #: Where the durable log stands; None while the bucket is not durable (durability.py).
-        self.log: BucketLog | None = None
+        #: Where the journal stands; None while the bucket is not durable (buckets/journal.py).
+        self.journal: BucketJournal | None = None
         #: The last sequence number applied per producer (client), to recognise resends: the
         #: producers heard from in this retention period, and in the one before.
         self.producers: dict[str, int] = {}

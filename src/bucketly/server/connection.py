@@ -478,13 +478,14 @@ class ServerConnection(asyncio.Protocol):
         bucket.check()
         # A resend of a batch applied already is acknowledged, not applied again. (A durable
         # bucket notes a batch as applied when its commit is done, not here.)
+        journal = bucket.journal
         if seq is not None and producer is not None and not (
-            bucket.accept(producer, seq) if bucket.log is None else not bucket.seen(producer, seq)
+            bucket.accept(producer, seq) if journal is None else not bucket.seen(producer, seq)
         ):
             if ack:
                 return self.protocol.reply(request.id, {"accepted": len(events), "duplicate": True})
             return None
-        if bucket.log is not None:
+        if journal is not None:
             # Durable: applied and acknowledged once on disk; see _pipeline_send.
             durable = self.server.durable
             if durable.full(bucket):
@@ -540,7 +541,9 @@ class ServerConnection(asyncio.Protocol):
         name = request.args.get("bucket")
         bucket = self.server.buckets.get(name) if type(name) is str else None
         return (
-            bucket is not None and bucket.log is not None and not self.server.durable.full(bucket)
+            bucket is not None
+            and bucket.journal is not None
+            and not self.server.durable.full(bucket)
         )
 
     def _wait_for_room(self, request: Request, bucket: Bucket) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..buckets import Bucket
-from ..buckets.durability import BucketLog
+from ..buckets.journal import BucketJournal
 from ..errors import BadArgument, BucketExists, HandlerError, UnknownHandler
 from ..protocol import OPS, PROTOCOL_VERSION, check_bucket_name
 from ..store import BucketRow
@@ -94,7 +94,7 @@ async def op_create_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
     finally:
         server.creating.discard(name)
     if durable:
-        bucket.log = BucketLog()
+        bucket.journal = BucketJournal()
     server.add_bucket(bucket)
     server.log.info(
         "user %r created bucket %r (handler %s%s)",
@@ -125,7 +125,7 @@ def op_bucket_info(conn: ServerConnection, args: dict[str, Any]) -> Any:
     assert bucket is not None
     info = bucket.describe()
     info["jobs"] = {job_name: job.statistics() for job_name, job in bucket.jobs.items()}
-    info["durability"] = bucket.log.describe() if bucket.log is not None else None
+    info["durability"] = bucket.journal.describe() if bucket.journal is not None else None
     return info
 
 

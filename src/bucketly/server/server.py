@@ -21,8 +21,8 @@ from functools import partial
 from typing import Any
 
 from .. import __version__
-from ..buckets import Bucket
-from ..buckets.durability import DurableLog
+from ..buckets import Bucket, recovery
+from ..buckets.journal import Journal
 from ..buckets.workers import WorkerThreads
 from ..errors import ConfigError, DataLossDetected
 from ..handlers import HandlerInfo, load_handlers
@@ -59,8 +59,8 @@ class Server:
         #: Bumped whenever any user's permissions change; connections drop cached decisions.
         self.grants_version = 0
         self.db = Database(config.database)
-        #: The log of durable buckets: group commit, snapshots, recovery (durability.py).
-        self.durable = DurableLog(
+        #: The journal of durable buckets: group commit and snapshots (buckets/journal.py).
+        self.durable = Journal(
             self.db,
             self.buckets,
             snapshot_events=config.snapshot_events,
@@ -176,7 +176,7 @@ class Server:
                     "it is only accepted from loopback addresses until you do",
                     user.name,
                 )
-        await self.durable.forget_deleted()
+        await recovery.forget_deleted(self.db)
         for row in list(self.db.buckets.values()):
             bucket = Bucket(row, self.handlers.get(row.handler))
             if row.durable and not bucket.broken:
@@ -202,7 +202,7 @@ class Server:
         """Recover a durable bucket; on damage, stop the start, unless told otherwise."""
         config = self.config
         try:
-            loss = await self.durable.recover(bucket, accept_loss=config.accept_data_loss)
+            loss = await recovery.recover(self.db, bucket, accept_loss=config.accept_data_loss)
         except DataLossDetected as exc:
             if not config.quarantine_damaged:
                 raise  # the message says what is damaged, and the ways out
@@ -338,7 +338,7 @@ class Server:
             timeout,
             ", ".join(f"{bucket.name}.{name}" for bucket, name in running) or "none",
         )
-        kept = {bucket for bucket, _ in running if bucket.log is not None}
+        kept = {bucket for bucket, _ in running if bucket.journal is not None}
         for bucket in kept:
             log.warning(
                 "shutdown: durable bucket %r is not snapshotted, so that the next start "

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from ..errors import DataLossDetected, StorageError, UnknownUser, UserExists
 from ..lograte import LogLimiter
 from ..protocol.messages import pack, unpack
+from . import journal
 from .mark import MarkFile
 from .passwords import hash_password
 
@@ -32,8 +33,6 @@ __all__ = [
     "Database",
     "TokenRow",
     "UserRow",
-    "forget_durable_head",
-    "note_durable_head",
 ]
 
 log = logging.getLogger("bucketly.store")
@@ -95,7 +94,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         3,
-        # Durable buckets (bucketly.buckets.durability): the event log and the snapshots.
+        # Durable buckets' journals (bucketly.store.journal): their records and snapshots.
         """
         CREATE TABLE durable_log (
             id            INTEGER PRIMARY KEY,
@@ -417,10 +416,8 @@ class Database:
                 "INSERT INTO buckets VALUES (?, ?, ?, ?, ?)",
                 (row.name, row.handler, pack(row.config), int(row.durable), row.created_at),
             )
-            # A new bucket's durable log starts empty, whatever a bucket of that name left.
-            c.execute("DELETE FROM durable_log WHERE bucket = ?", (row.name,))
-            c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (row.name,))
-            forget_durable_head(c, row.name)
+            # A new bucket's journal starts empty, whatever a bucket of that name left.
+            journal.drop_bucket(c, row.name)
 
         await self.write(insert)
         self.buckets[row.name] = row
@@ -430,9 +427,7 @@ class Database:
 
         def delete(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM buckets WHERE name = ?", (name,))
-            c.execute("DELETE FROM durable_log WHERE bucket = ?", (name,))
-            c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (name,))
-            forget_durable_head(c, name)
+            journal.drop_bucket(c, name)
 
         await self.write(delete)
         self.buckets.pop(name, None)
@@ -440,22 +435,15 @@ class Database:
     async def set_bucket_durable(
         self, name: str, durable: bool, snapshot: tuple[Any, ...] | None = None
     ) -> None:
-        """Switch durability: drop any durable state and, when on, store ``snapshot`` (a
-        ``durable_snapshots`` row) as where its log starts; all in one transaction."""
+        """Switch durability: drop any journal and, when on, store ``snapshot`` (a
+        ``journal.snapshot_row``) as where its journal starts; all in one transaction."""
 
         def change(c: sqlite3.Connection) -> None:
             c.execute("UPDATE buckets SET durable = ? WHERE name = ?", (int(durable), name))
-            c.execute("DELETE FROM durable_log WHERE bucket = ?", (name,))
-            c.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (name,))
-            forget_durable_head(c, name)
+            journal.drop_bucket(c, name)
             if snapshot is not None:
-                c.execute(
-                    "INSERT INTO durable_snapshots "
-                    "(bucket, seq, events, state, producers, checksum, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    snapshot,
-                )
-                note_durable_head(c, name, snapshot[1])
+                journal.write_snapshot(c, snapshot)
+                journal.note_head(c, name, snapshot[1])
 
         await self.write(change)
         self.buckets[name].durable = durable
@@ -576,22 +564,6 @@ class Database:
 
 #: SQLite primary result codes after which the connection is reopened rather than reused.
 _IO_ERRORS = frozenset({10, 11, 13, 14, 26})  # IOERR, CORRUPT, FULL, CANTOPEN, NOTADB
-
-
-def note_durable_head(conn: sqlite3.Connection, bucket: str, seq: int) -> None:
-    """Record that ``bucket``'s newest committed record is ``seq`` (in the caller's transaction).
-
-    Recovery must reach it: a log that ends before its head has lost acknowledged records.
-    """
-    conn.execute(
-        "INSERT INTO durable_heads (bucket, seq) VALUES (?, ?) "
-        "ON CONFLICT (bucket) DO UPDATE SET seq = excluded.seq",
-        (bucket, seq),
-    )
-
-
-def forget_durable_head(conn: sqlite3.Connection, bucket: str) -> None:
-    conn.execute("DELETE FROM durable_heads WHERE bucket = ?", (bucket,))
 
 
 def _is_io_error(exc: sqlite3.Error) -> bool:

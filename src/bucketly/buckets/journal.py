@@ -1,8 +1,8 @@
-"""Durable buckets: the event log, group commit, snapshots with compaction, and recovery.
+"""Durable buckets: the journal, group commit, snapshots with compaction.
 
 Theory of operation. A send to a durable bucket is not applied when it arrives. It becomes a
 *record* (its events, encoded once, with the sender's producer id and sequence number) queued on
-the ``DurableLog``, and the connection waits for it (its pipeline, in connection.py: the requests
+the ``Journal``, and the connection waits for it (its pipeline, in connection.py: the requests
 after it on that connection still see it). One task, the *pump*, takes every record queued since
 the last commit and writes them all in one transaction on the database's writer thread, whose
 connection runs with ``synchronous=FULL``: the commit returns once the records are fsynced, and
@@ -30,245 +30,49 @@ decided before the batch is logged (a resend of a batch still being written wait
 write's outcome), so the log holds exactly the batches that were applied, and recovery replays
 every one of them.
 
-Fault injection (tests only): ``BUCKETLY_FAULT=point[,point...]`` makes the process exit at once
-with status ``FAULT_EXIT_STATUS`` when it reaches a named point; ``point@N`` at its N-th visit.
+Words: a durable bucket's *journal* is its snapshot and the records committed after it (the
+tables of ``store.journal``); ``log`` is the logger. Recovery, which rebuilds a bucket from its
+journal at start-up, is ``buckets.recovery``; the snapshot encoding is ``buckets.snapshot_codec``;
+the fault-injection points the tests arm are ``buckets.faults``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import os
 import sqlite3
 import time
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import ormsgpack
-
-from ..errors import (
-    BadFrame,
-    BucketlyError,
-    ConfigError,
-    DataLossDetected,
-    HandlerError,
-    InternalError,
-    StorageError,
-    UnknownBucket,
-)
+from ..errors import BucketlyError, HandlerError, InternalError, StorageError, UnknownBucket
 from ..lograte import LogLimiter
-from ..protocol.messages import pack, unpack
-from ..store.database import forget_durable_head, note_durable_head
-from ..unique import UNIQUE_INDEX_TYPES, UniqueIndex
+from ..protocol.messages import pack
+from ..store import journal as tables
+from .faults import Faults
+from .snapshot_codec import pack_state
 
 if TYPE_CHECKING:
     from ..store import Database
     from .runtime import Bucket
 
-__all__ = [
-    "FAULT_ENV",
-    "FAULT_EXIT_STATUS",
-    "FAULT_POINTS",
-    "BucketLog",
-    "DurableLog",
-    "Faults",
-    "pack_state",
-    "unpack_state",
-]
+__all__ = ["BucketJournal", "Journal", "Record"]
 
 log = logging.getLogger("bucketly.durability")
 
 T = TypeVar("T")
 
-#: The environment variable that arms fault-injection points (tests only).
-FAULT_ENV = "BUCKETLY_FAULT"
-#: Exit status of a process stopped by a fault-injection point, so a test can tell it apart.
-FAULT_EXIT_STATUS = 86
-#: Every fault-injection point, in the order a record or a snapshot reaches them.
-FAULT_POINTS = frozenset(
-    {
-        "commit.before_commit",  # log records inserted, transaction not committed
-        "commit.after_commit",  # committed (fsynced), not applied nor acknowledged
-        "snapshot.after_write",  # snapshot row written, log not compacted, not committed
-        "snapshot.after_compact",  # log compacted too, not committed
-        "snapshot.after_commit",  # snapshot and compaction committed, not yet noted in memory
-    }
-)
-
 #: Most payload bytes written in one transaction. A commit takes every queued record up to this
 #: (and always at least one): large enough that group commit is never the bottleneck, small
 #: enough that one transaction does not hold hundreds of megabytes in memory twice.
 MAX_COMMIT_BYTES = 64 * 1024 * 1024
-#: Log records inserted per SQL statement (6 parameters each; SQLite allows 32,766 per statement).
-INSERT_ROWS = 500
-#: Log records read per round trip to the writer thread during recovery: bounds the memory that
-#: recovery holds (records are up to a frame each) without a round trip per record.
-RECOVERY_CHUNK = 256
 
 
-# -- snapshot encoding --------------------------------------------------------------------------
-#
-# Handler state is encoded as MessagePack with tagged extension types for what MessagePack has
-# no type for, so that the default snapshot()/restore() give back a set as a set, a tuple as a
-# tuple (also inside sets and as map keys), a defaultdict with its factory. Anything else (class
-# instances, dataclasses, datetimes) is refused: its handler must define snapshot() and restore().
 
-_EXT_SET = 1
-_EXT_FROZENSET = 2
-_EXT_TUPLE = 3
-_EXT_BIG_INT = 4
-_EXT_COUNTER = 5
-_EXT_DEFAULTDICT = 6
-_EXT_DEQUE = 7
-_EXT_UNIQUE_INDEX = 8  # [keys, values, pairs] of UniqueIndex.export()
-
-_DEFAULT_FACTORIES: dict[Any, str] = {
-    int: "int",
-    float: "float",
-    str: "str",
-    list: "list",
-    dict: "dict",
-    set: "set",
-    collections.Counter: "Counter",
-}
-_FACTORIES_BY_NAME = {name: factory for factory, name in _DEFAULT_FACTORIES.items()}
-
-_STATE_PACK = (
-    ormsgpack.OPT_NON_STR_KEYS
-    | ormsgpack.OPT_PASSTHROUGH_TUPLE
-    | ormsgpack.OPT_PASSTHROUGH_BIG_INT
-    | ormsgpack.OPT_PASSTHROUGH_SUBCLASS
-    | ormsgpack.OPT_PASSTHROUGH_DATACLASS
-    | ormsgpack.OPT_PASSTHROUGH_DATETIME
-    | ormsgpack.OPT_PASSTHROUGH_UUID
-    | ormsgpack.OPT_PASSTHROUGH_ENUM
-)
-
-
-def _ext(code: int, value: Any) -> ormsgpack.Ext:
-    return ormsgpack.Ext(code, pack_state(value))
-
-
-def _encode_default(value: Any) -> Any:
-    kind = type(value)
-    if kind is set:
-        return _ext(_EXT_SET, list(value))
-    if kind is frozenset:
-        return _ext(_EXT_FROZENSET, list(value))
-    if kind is tuple:
-        return _ext(_EXT_TUPLE, list(value))
-    if kind is int:  # only those beyond 64 bits reach here
-        return ormsgpack.Ext(_EXT_BIG_INT, str(value).encode())
-    if kind is collections.Counter:
-        return _ext(_EXT_COUNTER, dict(value))
-    if kind is collections.defaultdict:
-        factory = _DEFAULT_FACTORIES.get(value.default_factory)
-        if factory is None:
-            raise TypeError(
-                f"defaultdict({getattr(value.default_factory, '__name__', value.default_factory)})"
-                f" is not supported (factories: {', '.join(_FACTORIES_BY_NAME)})"
-            )
-        return _ext(_EXT_DEFAULTDICT, [factory, dict(value)])
-    if kind is collections.deque:
-        return _ext(_EXT_DEQUE, [list(value), value.maxlen])
-    if kind in UNIQUE_INDEX_TYPES:
-        # Each distinct value once, the pairs as packed indexes: 5 MB for a million pairs of a
-        # hundred thousand users, encoded in 6 ms (as {key: [values]}: 12 MB, 43 ms).
-        return _ext(_EXT_UNIQUE_INDEX, list(value.export()))
-    raise TypeError(f"{kind.__module__}.{kind.__qualname__} is not plain data")
-
-
-def _decode_ext(code: int, data: bytes) -> Any:
-    if code == _EXT_BIG_INT:
-        return int(data)
-    value = unpack_state(data)
-    if code == _EXT_SET:
-        return set(value)
-    if code == _EXT_FROZENSET:
-        return frozenset(value)
-    if code == _EXT_TUPLE:
-        return tuple(value)
-    if code == _EXT_COUNTER:
-        return collections.Counter(value)
-    if code == _EXT_DEFAULTDICT:
-        factory, items = value
-        return collections.defaultdict(_FACTORIES_BY_NAME[factory], items)
-    if code == _EXT_DEQUE:
-        items, maxlen = value
-        return collections.deque(items, maxlen)
-    if code == _EXT_UNIQUE_INDEX:
-        keys, values, pairs = value
-        return UniqueIndex.from_export(keys, values, pairs)
-    raise ValueError(f"unknown extension type {code} in a snapshot")
-
-
-def pack_state(value: Any) -> bytes:
-    """Encode handler state for a snapshot. Raises ``TypeError`` for what is not plain data.
-
-    Plain data: ``None``, bools, ints (any size), floats, str, bytes, lists, tuples, dicts (any
-    hashable plain keys), sets, frozensets, ``collections.Counter``, ``deque``,
-    ``defaultdict`` with a factory among int, float, str, list, dict, set and Counter, and
-    ``bucketly.UniqueIndex``.
-    """
-    return ormsgpack.packb(value, default=_encode_default, option=_STATE_PACK)
-
-
-def unpack_state(data: bytes) -> Any:
-    """Decode what ``pack_state`` encoded, with the same types."""
-    return ormsgpack.unpackb(data, ext_hook=_decode_ext, option=ormsgpack.OPT_NON_STR_KEYS)
-
-
-# -- fault injection ------------------------------------------------------------------------------
-
-
-class Faults:
-    """Fault-injection points armed by ``BUCKETLY_FAULT`` (tests only; see the module doc)."""
-
-    def __init__(self, spec: str | None = None) -> None:
-        if spec is None:
-            spec = os.environ.get(FAULT_ENV, "")
-        self.armed: dict[str, int] = {}
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            point, _, count = item.partition("@")
-            if point not in FAULT_POINTS:
-                raise ConfigError(
-                    f"{FAULT_ENV}: unknown fault point {point!r}; points: "
-                    f"{', '.join(sorted(FAULT_POINTS))}"
-                )
-            self.armed[point] = int(count or 1)
-        if self.armed:
-            log.warning("fault injection armed (tests only): %s", spec)
-
-    def __call__(self, point: str) -> None:
-        if point in self.armed:
-            self.armed[point] -= 1
-            if self.armed[point] <= 0:
-                log.warning("fault injection: exiting at %s", point)
-                logging.shutdown()
-                os._exit(FAULT_EXIT_STATUS)
-
-
-# -- the log ---------------------------------------------------------------------------------------
-
-
-def checksum(bucket: str, seq: int, producer: str | None, producer_seq: int | None,
-             payload: bytes) -> int:
-    """CRC-32 of a log record: its payload and every field that says where it belongs."""
-    header = f"{bucket}\x00{seq}\x00{producer}\x00{producer_seq}".encode()
-    return zlib.crc32(payload, zlib.crc32(header))
-
-
-def snapshot_checksum(bucket: str, seq: int, events: int, state: bytes, producers: bytes) -> int:
-    header = f"{bucket}\x00{seq}\x00{events}".encode()
-    return zlib.crc32(producers, zlib.crc32(state, zlib.crc32(header)))
-
-
-class BucketLog:
-    """Where one durable bucket's log and snapshot stand (``Bucket.log``)."""
+class BucketJournal:
+    """Where one durable bucket's log and snapshot stand (``Bucket.journal``)."""
 
     __slots__ = (
         "doubt_queued",
@@ -306,7 +110,7 @@ class BucketLog:
         self.in_doubt = False
         self.doubt_queued = False
         #: What the records queued or being written can take in memory (``Record.cost``), and
-        #: the senders waiting for it to go under the cap (``DurableLog.room``).
+        #: the senders waiting for it to go under the cap (``Journal.room``).
         self.queued = 0
         self.waiting: list[asyncio.Future[None]] = []
 
@@ -328,7 +132,7 @@ class Record:
     __slots__ = ("bucket", "cost", "events", "future", "journal", "payload", "producer",
                  "producer_seq", "seq")
 
-    def __init__(self, bucket: Bucket, journal: BucketLog, events: list[Any], payload: bytes,
+    def __init__(self, bucket: Bucket, journal: BucketJournal, events: list[Any], payload: bytes,
                  producer: str | None, producer_seq: int | None,
                  future: asyncio.Future[dict[str, Any]], cost: int = 0) -> None:
         self.bucket = bucket
@@ -347,7 +151,7 @@ class Record:
 _Action = Callable[[], Awaitable[None]]
 
 
-class DurableLog:
+class Journal:
     """The durable buckets of one server. ``start()`` it on the loop, ``await stop()`` it."""
 
     def __init__(
@@ -408,8 +212,8 @@ class DurableLog:
         snapshots = [
             self._queue_snapshot(bucket)
             for bucket in self.buckets.values()
-            if bucket.log is not None
-            and (bucket.log.records_since_snapshot or bucket.log.in_doubt)
+            if bucket.journal is not None
+            and (bucket.journal.records_since_snapshot or bucket.journal.in_doubt)
             and not bucket.broken
             and bucket not in skip
         ]
@@ -458,7 +262,7 @@ class DurableLog:
         encoded as an array. ``cost``: what the batch takes in memory, counted against
         ``max_bucket_queue`` until it is settled. Callers check ``full()`` first.
         """
-        journal = bucket.log
+        journal = bucket.journal
         assert journal is not None
         if producer is not None:
             pending = journal.pending.get((producer, producer_seq))  # type: ignore[arg-type]
@@ -477,12 +281,12 @@ class DurableLog:
 
     def full(self, bucket: Bucket) -> bool:
         """Whether the records queued for durable ``bucket`` take up its whole queue."""
-        return bucket.log is not None and bucket.log.queued >= self.max_bucket_queue
+        return bucket.journal is not None and bucket.journal.queued >= self.max_bucket_queue
 
     def room(self, bucket: Bucket) -> asyncio.Future[None]:
         """A future done once ``bucket``'s queue is no longer full (at once if it is not)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        journal = bucket.log
+        journal = bucket.journal
         if journal is None or journal.queued < self.max_bucket_queue:
             future.set_result(None)
         else:
@@ -557,7 +361,7 @@ class DurableLog:
             if self.buckets.get(bucket.name) is not bucket:
                 self._settle(record, error=UnknownBucket(f"bucket {bucket.name!r} was deleted"))
                 continue
-            journal = bucket.log
+            journal = bucket.journal
             if journal is None:
                 # Durability was switched off after the send was queued: it is an ordinary
                 # send now, applied in its place in the order.
@@ -583,7 +387,9 @@ class DurableLog:
             for record in resent:
                 self._settle(record, {"accepted": len(record.events), "duplicate": True})
             return
-        doubtful = [(b.name, b.log.seq) for b in last if b.log is not None and b.log.in_doubt]
+        doubtful = [
+            (b.name, b.journal.seq) for b in last if b.journal is not None and b.journal.in_doubt
+        ]
         heads = [(b.name, seq) for b, seq in last.items()]
         started = time.perf_counter()
         try:
@@ -598,11 +404,11 @@ class DurableLog:
         self.records += len(written)
         self.commit_seconds += time.perf_counter() - started
         for bucket in last:
-            assert bucket.log is not None
-            bucket.log.in_doubt = False
+            assert bucket.journal is not None
+            bucket.journal.in_doubt = False
         for record in written:
-            # Actions (the only things that replace bucket.log) never run during a commit.
-            journal = record.bucket.log
+            # Actions (the only things that replace bucket.journal) never run during a commit.
+            journal = record.bucket.journal
             assert journal is not None
             journal.seq = record.seq
             journal.records_since_snapshot += 1
@@ -612,7 +418,7 @@ class DurableLog:
         for record in resent:
             self._settle(record, {"accepted": len(record.events), "duplicate": True})
         for bucket in last:
-            journal = bucket.log
+            journal = bucket.journal
             if (
                 journal is not None
                 and not journal.snapshot_queued
@@ -623,19 +429,10 @@ class DurableLog:
     def _write_records(self, rows: list[tuple[Any, ...]], doubtful: list[tuple[str, int]],
                        heads: list[tuple[str, int]], conn: sqlite3.Connection) -> None:
         for name, seq in doubtful:
-            conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (name, seq))
-        # One statement per INSERT_ROWS rows rather than one per row: each statement is a
-        # round trip through the GIL, which the busy event loop may hold for a whole switch
-        # interval (5 ms) before this thread gets it back.
-        for first in range(0, len(rows), INSERT_ROWS):
-            chunk = rows[first : first + INSERT_ROWS]
-            conn.execute(
-                "INSERT INTO durable_log (bucket, seq, producer, producer_seq, events, checksum) "
-                "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                [value for row in chunk for value in (*row, checksum(*row))],
-            )
+            tables.drop_records_after(conn, name, seq)
+        tables.insert_records(conn, rows)
         for name, seq in heads:
-            note_durable_head(conn, name, seq)
+            tables.note_head(conn, name, seq)
         self.fault("commit.before_commit")
 
     def _commit_failed(self, buckets: dict[Bucket, int], written: list[Record],
@@ -646,8 +443,8 @@ class DurableLog:
         self.failed_commits += 1
         self.last_error = exc.message
         for bucket in buckets:
-            if bucket.log is not None:
-                bucket.log.in_doubt = True
+            if bucket.journal is not None:
+                bucket.journal.in_doubt = True
         if self._failure_log.ready():
             log.error(
                 "durable log: could not write %d records (%s); their sends were refused "
@@ -712,23 +509,23 @@ class DurableLog:
         async def change() -> None:
             if self.buckets.get(bucket.name) is not bucket:
                 raise UnknownBucket(f"no bucket named {bucket.name!r}")
-            if durable == (bucket.log is not None):
+            if durable == (bucket.journal is not None):
                 return
             if not durable:
                 await self.db.set_bucket_durable(bucket.name, False)
-                bucket.log = None
+                bucket.journal = None
                 log.info("bucket %r is no longer durable", bucket.name)
                 return
-            journal = BucketLog()
+            journal = BucketJournal()
             state, producers = self._encode_snapshot(bucket)
-            snapshot = self._snapshot_row(bucket.name, 0, bucket.events, state, producers)
+            snapshot = tables.snapshot_row(bucket.name, 0, bucket.events, state, producers)
             # Sends that arrive while the snapshot is written are queued behind this action as
             # durable records; if the write fails they are applied as ordinary sends.
-            bucket.log = journal
+            bucket.journal = journal
             try:
                 await self.db.set_bucket_durable(bucket.name, True, snapshot)
             except BaseException:
-                bucket.log = None
+                bucket.journal = None
                 raise
             log.info("bucket %r is now durable (snapshot of %d bytes)", bucket.name, len(state))
 
@@ -739,15 +536,15 @@ class DurableLog:
 
         async def delete() -> None:
             await self.db.delete_bucket(bucket.name)
-            bucket.log = None
+            bucket.journal = None
 
         await self.in_order(delete)
 
     # -- snapshots ------------------------------------------------------------------------------
 
     def _queue_snapshot(self, bucket: Bucket) -> asyncio.Future[None]:
-        assert bucket.log is not None
-        bucket.log.snapshot_queued = True
+        assert bucket.journal is not None
+        bucket.journal.snapshot_queued = True
         future = self._schedule(partial(self._snapshot, bucket))
         future.add_done_callback(_log_unexpected)
         return future
@@ -767,14 +564,8 @@ class DurableLog:
             ) from None
         return data, pack(bucket.producer_table())
 
-    @staticmethod
-    def _snapshot_row(name: str, seq: int, events: int, state: bytes,
-                      producers: bytes) -> tuple[Any, ...]:
-        crc = snapshot_checksum(name, seq, events, state, producers)
-        return (name, seq, events, state, producers, crc, time.time())
-
     async def _snapshot(self, bucket: Bucket) -> None:
-        journal = bucket.log
+        journal = bucket.journal
         if journal is None or self.buckets.get(bucket.name) is not bucket or bucket.broken:
             return
         journal.snapshot_queued = False
@@ -795,7 +586,7 @@ class DurableLog:
                           bucket.name, exc.message)
             journal.snapshot_error = exc.message
             return
-        row = self._snapshot_row(bucket.name, journal.seq, bucket.events, state, producers)
+        row = tables.snapshot_row(bucket.name, journal.seq, bucket.events, state, producers)
         started = time.perf_counter()
         try:
             await self.db.write(partial(self._write_snapshot, row))
@@ -822,30 +613,26 @@ class DurableLog:
         journal.snapshots += 1
 
     def _write_snapshot(self, row: tuple[Any, ...], conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT OR REPLACE INTO durable_snapshots "
-            "(bucket, seq, events, state, producers, checksum, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
+        tables.write_snapshot(conn, row)
         self.fault("snapshot.after_write")
-        conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq <= ?", (row[0], row[1]))
-        # Rows past the snapshot can only be left by a failed commit (see BucketLog.in_doubt):
+        name, seq = row[0], row[1]
+        tables.drop_records_through(conn, name, seq)
+        # Rows past the snapshot can only be left by a failed commit (see BucketJournal.in_doubt):
         # actions run alone, so every commit before this one is done.
-        conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (row[0], row[1]))
-        note_durable_head(conn, row[0], row[1])
+        tables.drop_records_after(conn, name, seq)
+        tables.note_head(conn, name, seq)
         self.fault("snapshot.after_compact")
 
     async def _forget_doubt(self, bucket: Bucket) -> None:
         """Delete what a failed commit may have left past the bucket's last record."""
-        journal = bucket.log
+        journal = bucket.journal
         if journal is None or self.buckets.get(bucket.name) is not bucket:
             return
         journal.doubt_queued = False
         if not journal.in_doubt:
             return
         try:
-            await self.db.write(partial(_truncate_log, bucket.name, journal.seq))
+            await self.db.write(partial(tables.truncate, bucket=bucket.name, seq=journal.seq))
         except StorageError:
             return  # still in doubt: the next tick tries again
         journal.in_doubt = False
@@ -859,7 +646,7 @@ class DurableLog:
             for bucket in list(self.buckets.values()):
                 if now - bucket.producers_rotated_at >= self.producer_retention:
                     bucket.rotate_producers(now)
-                journal = bucket.log
+                journal = bucket.journal
                 if journal is None:
                     continue
                 if journal.in_doubt and not journal.doubt_queued:
@@ -873,192 +660,6 @@ class DurableLog:
                     and now - journal.snapshot_at >= self.snapshot_seconds
                 ):
                     self._queue_snapshot(bucket)
-
-    # -- start-up --------------------------------------------------------------------------------
-
-    async def forget_deleted(self) -> None:
-        """Delete durable rows of buckets that are not durable (left by an older bucketly)."""
-        durable = {name for name, row in self.db.buckets.items() if row.durable}
-
-        def clean(conn: sqlite3.Connection) -> list[str]:
-            names = []
-            for table in ("durable_log", "durable_snapshots", "durable_heads"):
-                # One index probe per bucket name, instead of a scan of the whole log.
-                name = ""
-                while True:
-                    found = conn.execute(
-                        f"SELECT bucket FROM {table} WHERE bucket > ? ORDER BY bucket LIMIT 1",
-                        (name,),
-                    ).fetchone()
-                    if found is None:
-                        break
-                    name = found[0]
-                    if name not in durable:
-                        names.append(name)
-                        conn.execute(f"DELETE FROM {table} WHERE bucket = ?", (name,))
-            return names
-
-        dropped = await self.db.write(clean)
-        if dropped:
-            log.info("dropped the durable state of non-durable buckets: %s",
-                     ", ".join(sorted(set(dropped))))
-
-    async def recover(self, bucket: Bucket, *, accept_loss: bool = False) -> str | None:
-        """Rebuild a durable bucket's state: its snapshot, then its log, in order, to its head.
-
-        Raises ``DataLossDetected`` when the snapshot or the log is damaged, or records that
-        were committed are missing (a gap, or a log that ends before the bucket's head), so that
-        the state would be wrong: the message says which bucket and records. With
-        ``accept_loss``, the bucket is rebuilt from what is whole instead (what follows the
-        damage is deleted), and the return value says what was lost.
-        """
-        name = bucket.name
-        started = time.perf_counter()
-        journal = BucketLog()
-        head: int = await self.db.read(
-            lambda c: (
-                c.execute("SELECT seq FROM durable_heads WHERE bucket = ?", (name,)).fetchone()
-                or (0,)
-            )[0]
-        )
-        snapshot = await self.db.read(
-            lambda c: c.execute(
-                "SELECT seq, events, state, producers, checksum FROM durable_snapshots "
-                "WHERE bucket = ?",
-                (name,),
-            ).fetchone()
-        )
-        if snapshot is not None:
-            seq, events, state, producers, crc = snapshot
-            if snapshot_checksum(name, seq, events, state, producers) != crc:
-                damage = (
-                    f"the snapshot of durable bucket {name!r} is damaged (its checksum does "
-                    f"not match), and the log it replaced is gone"
-                )
-                if not accept_loss:
-                    raise self._damaged(damage)
-                await self.db.write(partial(_truncate_log, name, 0, snapshot=True))
-                bucket.log = BucketLog()
-                return f"{damage}: the bucket starts empty; records 1 to {head} are lost"
-            try:
-                bucket.handler.restore(unpack_state(state))
-            except BaseException as exc:
-                bucket.broken = (
-                    f"durable bucket {name!r}: {bucket.row.handler}.restore failed on its "
-                    f"snapshot: {exc!r}; its log is kept until the handler can read it"
-                )
-                return None
-            bucket.events = events
-            bucket.restore_producers(unpack(producers))
-            journal = BucketLog(seq)
-        expected = journal.seq + 1
-        # The first record the handler raised on, its error, and how many it raised on.
-        failed: tuple[int, str] | None = None
-        failures = 0
-        problem: str | None = None
-        while problem is None:
-            rows = await self.db.read(partial(_read_log, name, expected))
-            if not rows:
-                break
-            for seq, producer, producer_seq, payload, crc in rows:
-                if seq != expected:
-                    problem = (
-                        f"the durable log of bucket {name!r} is missing records {expected} to "
-                        f"{seq - 1}, so the records after the gap cannot be replayed in order"
-                    )
-                    break
-                events = None
-                if checksum(name, seq, producer, producer_seq, payload) == crc:
-                    try:
-                        events = unpack(payload)
-                    except BadFrame:
-                        events = None
-                    if isinstance(events, dict):  # a send request as received: see append()
-                        events = events.get("events")
-                if not isinstance(events, list):
-                    problem = (
-                        f"the durable log of bucket {name!r} is damaged: record {seq} fails its "
-                        f"checksum, and no record from it on can be replayed"
-                    )
-                    break
-                # Every logged record was applied when it was logged (resends never are).
-                if producer is not None:
-                    bucket.accept(producer, producer_seq)
-                try:
-                    bucket.apply(events)
-                except HandlerError as exc:
-                    # As when it was first applied (its sender was told): counted in
-                    # bucket.errors, and reported below.
-                    failures += 1
-                    if failed is None:
-                        failed = (seq, exc.message)
-                journal.seq = seq
-                journal.records_since_snapshot += 1
-                journal.events_since_snapshot += len(events)
-                expected += 1
-        if problem is None and journal.seq < head:
-            problem = (
-                f"the durable log of bucket {name!r} ends at record {journal.seq}, but records "
-                f"up to {head} were committed (and acknowledged): the last "
-                f"{head - journal.seq} are missing"
-            )
-        loss = None
-        if problem is not None:
-            if not accept_loss:
-                raise self._damaged(problem)
-            await self.db.write(partial(_truncate_log, name, journal.seq))
-            last = max(head, expected - 1)
-            loss = (
-                f"{problem}: the bucket is rebuilt from records up to {journal.seq}; records "
-                f"{journal.seq + 1} to {last} are lost"
-            )
-        if failed is not None:
-            log.warning(
-                "durable bucket %r: its handler raised on %d of the records replayed, as it did "
-                "when they were first applied (their senders were told); first: record %d: %s",
-                name, failures, *failed,
-            )
-        bucket.log = journal
-        log.info(
-            "recovered durable bucket %r: %s, then %d log records (%d events) in %.2fs",
-            name,
-            f"snapshot at record {journal.snapshot_seq}" if snapshot is not None
-            else "no snapshot",
-            journal.records_since_snapshot,
-            journal.events_since_snapshot,
-            time.perf_counter() - started,
-        )
-        return loss
-
-    def _damaged(self, problem: str) -> DataLossDetected:
-        return DataLossDetected(
-            f"{problem}. bucketlyd will not start rather than serve a wrong state from "
-            f"{str(self.db.path)!r}. Restore the file (with its -wal) from a backup; or start "
-            "with --quarantine-damaged to serve the other buckets and keep this one untouched "
-            "and unavailable; or with --accept-data-loss to rebuild it from what is whole and "
-            "delete the rest (durability.md, 'Damage and repair')"
-        )
-
-
-def _truncate_log(bucket: str, seq: int, conn: sqlite3.Connection, *,
-                  snapshot: bool = False) -> None:
-    """Delete ``bucket``'s records after ``seq`` (and its snapshot), and make ``seq`` its head."""
-    conn.execute("DELETE FROM durable_log WHERE bucket = ? AND seq > ?", (bucket, seq))
-    if snapshot:
-        conn.execute("DELETE FROM durable_snapshots WHERE bucket = ?", (bucket,))
-    if seq:
-        note_durable_head(conn, bucket, seq)
-    else:
-        forget_durable_head(conn, bucket)
-
-
-def _read_log(bucket: str, first: int, conn: sqlite3.Connection) -> list[Any]:
-    return conn.execute(
-        "SELECT seq, producer, producer_seq, events, checksum FROM durable_log "
-        "WHERE bucket = ? AND seq >= ? ORDER BY seq LIMIT ?",
-        (bucket, first, RECOVERY_CHUNK),
-    ).fetchall()
-
 
 async def _nothing() -> None:
     return None
