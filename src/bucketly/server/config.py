@@ -10,6 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.connection import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_PRE_AUTH_BYTES,
+    DEFAULT_PRE_AUTH_FRAMES,
+)
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.limits import DEFAULT_MAX_FRAME_OBJECTS
 from .admission import DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_RESERVED_CONNECTIONS
@@ -127,7 +132,7 @@ class ServerConfig:
         "most this long.",
     )
     auth_timeout: float = _option(
-        10.0,
+        DEFAULT_AUTH_TIMEOUT,
         "Seconds a connection may stay unauthenticated (from connecting, or from losing its "
         "login). Then it gets a limit_exceeded error and is closed. Also the TLS handshake "
         "timeout.",
@@ -139,14 +144,14 @@ class ServerConfig:
         "largest frame over your slowest link.",
     )
     pre_auth_bytes: int = _option(
-        64 * 1024,
+        DEFAULT_PRE_AUTH_BYTES,
         "Bytes of frames a client may send before it is authenticated, counted in whole frames "
         "(a longer frame header then gets frame_too_large). The frame that would go beyond it "
         "is not carried out: the connection gets a limit_exceeded error and is closed. While "
         "an auth is in progress, the server stops reading instead.",
     )
     pre_auth_frames: int = _option(
-        16,
+        DEFAULT_PRE_AUTH_FRAMES,
         "Frames a client may send before it is authenticated (hello, ping, failed auths, "
         "garbage). The next one gets a limit_exceeded error and the connection is closed.",
     )

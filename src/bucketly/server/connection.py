@@ -132,8 +132,12 @@ class ServerConnection(asyncio.Protocol):
         self.server = server
         config = server.config
         self.protocol = ServerProtocol(
-            max_frame_size=min(config.max_frame_size, config.pre_auth_bytes),
+            max_frame_size=config.max_frame_size,
             max_frame_objects=config.max_frame_objects,
+            pre_auth_bytes=config.pre_auth_bytes,
+            pre_auth_frames=config.pre_auth_frames,
+            auth_timeout=config.auth_timeout,
+            now=time.monotonic(),
         )
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -145,11 +149,6 @@ class ServerConnection(asyncio.Protocol):
         self.token_id: int | None = None
         self.closed = False
         self._lost = False
-        self._unauthenticated_since = time.monotonic()
-        self._pre_auth_bytes = 0
-        self._pre_auth_frames = 0
-        #: Bytes of the whole frames read before authentication (``_over_pre_auth_budget``).
-        self._pre_auth_frame_bytes = 0
         #: When the unfinished frame at the end of the buffer began to arrive (None: no such).
         self._frame_started: float | None = None
         #: The task of the async request in progress; later requests wait for it.
@@ -225,7 +224,7 @@ class ServerConnection(asyncio.Protocol):
 
     def give_way(self, limit: str) -> None:
         """Close this connection, which has not logged in, to give its slot to a new one."""
-        waited = time.monotonic() - self._unauthenticated_since
+        waited = time.monotonic() - self.protocol.unauthenticated_since
         self.limit_exceeded(
             limit,
             f"a new connection took the slot of this one, which had not logged in after "
@@ -250,38 +249,22 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return  # read only so that closing does not reset the connection (``close``)
-        config = self.server.config
-        self.protocol.receive_data(data)
-        if self.user is None:
-            self._received_before_auth(len(data))
-            if self.busy is None:
-                return
-        elif self.busy is None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        if self.busy is None:
             self._process()
+            # Checked after processing: requests pipelined right behind an auth are fine (the
+            # connection is busy with the auth, and stops reading instead).
+            if protocol.over_byte_budget and self.busy is None and not self.closed:
+                self.limit_exceeded(
+                    "pre_auth_bytes",
+                    f"more than {protocol.pre_auth_bytes} bytes sent before authentication",
+                )
             return
         if self._pipeline is not None:
             self._pipeline_more()
-        if self.protocol.buffered > (
-            config.max_frame_size if self.user is not None else config.pre_auth_bytes
-        ):
+        if protocol.buffered > protocol.max_buffered:
             self._pause_reading()
-
-    def _received_before_auth(self, size: int) -> None:
-        self._pre_auth_bytes += size
-        if self.busy is None:
-            self._process()
-        # Checked after processing: requests pipelined right behind an auth are fine (the
-        # connection is busy with the auth, and stops reading instead).
-        budget = self.server.config.pre_auth_bytes
-        if (
-            self._pre_auth_bytes > budget
-            and self.user is None
-            and self.busy is None
-            and not self.closed
-        ):
-            self.limit_exceeded(
-                "pre_auth_bytes", f"more than {budget} bytes sent before authentication"
-            )
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -309,8 +292,6 @@ class ServerConnection(asyncio.Protocol):
                     self._yield_turn()
                     break
                 request: Request | ErrorReply | None
-                unauthenticated = self.user is None
-                before = protocol.buffered if unauthenticated else 0
                 if self._held is not None:
                     request, self._held = self._held, None
                 else:
@@ -318,12 +299,6 @@ class ServerConnection(asyncio.Protocol):
                 if request is None:
                     break
                 handled += FRAME_COST
-                if unauthenticated:
-                    broken = self._count_pre_auth_frame(before - protocol.buffered)
-                    if broken is not None:
-                        self._write(out)
-                        self.limit_exceeded(*broken)
-                        return
                 if type(request) is Request:
                     events = request.args.get("events")
                     if type(events) is list:
@@ -347,7 +322,7 @@ class ServerConnection(asyncio.Protocol):
             self._write(out)
             self.close()
             return
-        except LimitExceeded as exc:  # a frame of too many values: not decoded
+        except LimitExceeded as exc:  # a budget before authentication, or too many values
             self._write(out)
             self.limit_exceeded(exc.detail["limit"], exc.message)
             return
@@ -357,24 +332,6 @@ class ServerConnection(asyncio.Protocol):
                 self._frame_started = time.monotonic()
         else:
             self._frame_started = None
-
-    def _count_pre_auth_frame(self, frame_bytes: int) -> tuple[str, str] | None:
-        """Count one frame read before authentication: the budget it breaks, if any.
-
-        The budgets count whole frames, so that what happens does not depend on how the stream
-        was cut into reads: a frame is carried out only if it is within both the frame and the
-        byte budget (the ``auth`` frame counts too); the first one beyond either is refused.
-        """
-        config = self.server.config
-        self._pre_auth_frames += 1
-        self._pre_auth_frame_bytes += frame_bytes
-        if self._pre_auth_frames > config.pre_auth_frames:
-            limit = config.pre_auth_frames
-            return "pre_auth_frames", f"more than {limit} frames before authentication"
-        if self._pre_auth_frame_bytes > config.pre_auth_bytes:
-            limit = config.pre_auth_bytes
-            return "pre_auth_bytes", f"more than {limit} bytes sent before authentication"
-        return None
 
     def _yield_turn(self) -> None:
         """Let other connections in before handling the rest of this one's buffer."""
@@ -713,17 +670,15 @@ class ServerConnection(asyncio.Protocol):
         self.token_id = token_id
         self._allowed.clear()
         self._grants_version = self.server.grants_version
-        self.protocol.max_frame_size = self.server.config.max_frame_size
+        self.protocol.log_in()
         self.server.admission.logged_in(self)
 
     def log_out(self) -> None:
         """Back to unauthenticated (a failed auth, or the user or token is gone)."""
-        config = self.server.config
         self.user = None
         self.token_id = None
         self._allowed.clear()
-        self._unauthenticated_since = time.monotonic()
-        self.protocol.max_frame_size = min(config.max_frame_size, config.pre_auth_bytes)
+        self.protocol.log_out(time.monotonic())
         if not self.closed:
             self.server.admission.waiting(self, peer_key(self.peer_host))
 
@@ -763,7 +718,7 @@ class ServerConnection(asyncio.Protocol):
         if self.closed:
             return
         config = self.server.config
-        if self.user is None and now - self._unauthenticated_since > config.auth_timeout:
+        if self.protocol.auth_expired(now):
             self.limit_exceeded(
                 "auth_timeout", f"not authenticated within {config.auth_timeout:g} seconds"
             )
