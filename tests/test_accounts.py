@@ -193,7 +193,7 @@ def test_admin_can_revoke_its_own_permissions(connect: Any) -> None:
 
 
 def test_api_tokens(connect: Any, server: RunningServer, tmp_path: Path) -> None:
-    admin, bob = _admin_with_bob(connect, ("view", "*"))
+    admin, bob = _admin_with_bob(connect, ("view", "*"), ("create_token", "*"))
     # No token for an account still on the initial admin/admin password.
     with pytest.raises(PermissionDenied, match="initial password"):
         admin.create_token()

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -442,6 +443,7 @@ def test_user_and_token_commands_against_the_server(
         assert bucketly_cli("revoke", "carol", "view").code == 0
         assert bucketly_cli("permissions", "carol", "--json").json() == [
             {"permission": "send", "pattern": "clicks.*"}]
+        assert bucketly_cli("grant", "carol", "create_token").code == 0
 
         monkeypatch.setenv("BUCKETLY_USER", "carol")
         monkeypatch.setenv("BUCKETLY_PASSWORD", "carolpw1")
@@ -450,10 +452,14 @@ def test_user_and_token_commands_against_the_server(
         assert bucketly_cli("send", "clicks.a", "1").code == 0  # granted
         assert bucketly_cli("view", "clicks.a", "total").code == 3  # revoked
 
-        created = bucketly_cli("tokens", "create", "--name", "ci")
+        created = bucketly_cli(
+            "tokens", "create", "--name", "ci", "--grant", "send:clicks.*", "--expires", "3600"
+        )
         assert created.code == 0, created.err
         token = created.json()
         assert token["token"] and token["name"] == "ci"
+        assert token["grants"] == [{"permission": "send", "pattern": "clicks.*"}]
+        assert token["expires_at"] == pytest.approx(time.time() + 3600, abs=60)
         assert [t["id"] for t in bucketly_cli("tokens").json()] == [token["id"]]
         monkeypatch.delenv("BUCKETLY_USER")
         monkeypatch.delenv("BUCKETLY_PASSWORD")
@@ -517,6 +523,14 @@ def test_user_management(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
 def test_tokens(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # A token is never issued to an account with its initial password: use a user of our own.
     assert bucketly_cli("user", "add", "tina", "--stdin", input="tinapw\n").code == 0
+    monkeypatch.setenv("BUCKETLY_USER", "tina")
+    monkeypatch.setenv("BUCKETLY_PASSWORD", "tinapw")
+    denied = bucketly_cli("tokens", "create", "--name", "ci")
+    assert denied.code == 3
+    assert_one_line_error(denied, "lacks permission 'create_token'")
+    monkeypatch.setenv("BUCKETLY_USER", "admin")
+    monkeypatch.setenv("BUCKETLY_PASSWORD", "admin")
+    assert bucketly_cli("grant", "tina", "create_token").code == 0
     monkeypatch.setenv("BUCKETLY_USER", "tina")
     monkeypatch.setenv("BUCKETLY_PASSWORD", "tinapw")
     created = bucketly_cli("tokens", "create", "--name", "ci")

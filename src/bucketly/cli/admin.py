@@ -254,10 +254,24 @@ def tokens(ctx: click.Context) -> None:
 
 @tokens.command("create")
 @click.option("--name", help="A name to recognise the token by.")
-def tokens_create(name: str | None) -> None:
-    """Create a token, and print it: it is shown only this once."""
+@click.option("--grant", "grants", multiple=True, metavar="PERMISSION[:PATTERN]",
+              help="Narrow the token to this one of your grants (pattern default '*'); "
+              "repeat for more. By default the token can do all that you can.")
+@click.option("--expires", type=click.IntRange(min=1), metavar="SECONDS",
+              help="Seconds until the token stops working. By default it never does.")
+def tokens_create(name: str | None, grants: tuple[str, ...], expires: int | None) -> None:
+    """Create a token, and print it: it is shown only this once.
+
+    Needs the create_token permission. Changing your password revokes all your tokens.
+    """
     invocation = current_invocation()
-    result = invocation.client().create_token(name=name)
+    narrowed = []
+    for grant in grants:
+        permission, _, pattern = grant.partition(":")
+        narrowed.append((permission, pattern or "*"))
+    result = invocation.client().create_token(
+        name=name, grants=narrowed or None, expires_in=expires
+    )
     output = invocation.output()
     if output.json:
         output.emit_json(result)

@@ -131,13 +131,29 @@ class Commands:
         """The grants of ``user``: maps of ``permission`` and ``pattern``."""
         return self._call("permissions", {"user": user})
 
-    def create_token(self, name: str | None = None) -> Any:
-        """Create an API token for yourself; returns ``{"token", "id", "name", "created_at"}``.
+    def create_token(
+        self,
+        name: str | None = None,
+        *,
+        grants: list[tuple[str, str]] | None = None,
+        expires_in: int | None = None,
+    ) -> Any:
+        """Create an API token for yourself; returns ``{"token", "id", "user", "name",
+        "created_at", "grants", "expires_at"}``. Needs the ``create_token`` permission.
 
-        The token is shown only this once: store it, then connect with ``token=...`` instead of
-        a user and password. Revoke it with ``revoke_token(id)``.
+        ``grants``: narrow the token to some of your grants, as ``(permission, pattern)`` pairs
+        (e.g. ``[("send", "clicks")]``); by default it can do all that you can. ``expires_in``:
+        seconds until it stops working; by default never. The token is shown only this once:
+        store it, then connect with ``token=...`` instead of a user and password. Revoke it with
+        ``revoke_token(id)``; changing your password revokes all your tokens.
         """
         args: dict[str, Any] = {} if name is None else {"name": name}
+        if grants is not None:
+            args["grants"] = [
+                {"permission": permission, "pattern": pattern} for permission, pattern in grants
+            ]
+        if expires_in is not None:
+            args["expires_in"] = expires_in
         return self._call("create_token", args)
 
     def tokens(self, user: str | None = None) -> Any:

@@ -89,6 +89,11 @@ PERMISSIONS: dict[str, Permission] = {
         ),
         Permission("grants.manage", "server", "grant and revoke permissions, show a user's"),
         Permission("audit.read", "server", "read the audit trail"),
+        Permission(
+            "create_token",
+            "server",
+            "create API tokens for oneself (a token can do at most what its owner can)",
+        ),
     ]
 }
 
@@ -346,9 +351,21 @@ OPS: dict[str, Op] = {
         Op(
             "create_token",
             "Create an API token for the authenticated user; the token is shown only this once.",
-            (Arg("name", "str", False, "a name to recognise the token by"),),
-            scope="authenticated",
-            result='map: {"token", "id", "name", "created_at"}',
+            (
+                Arg("name", "str", False, "a name to recognise the token by"),
+                Arg(
+                    "grants",
+                    "array",
+                    False,
+                    'narrow the token to these of your grants: maps {"permission", "pattern"} '
+                    "(default: all of them)",
+                ),
+                Arg("expires_in", "int", False, "seconds until the token stops working "
+                    "(default: never)"),
+            ),
+            scope="server",
+            permission="create_token",
+            result='map: {"token", "id", "user", "name", "created_at", "grants", "expires_at"}',
         ),
         Op(
             "list_tokens",
@@ -356,7 +373,7 @@ OPS: dict[str, Op] = {
             (Arg("user", "str", False, "whose tokens (default: your own)"),),
             scope="authenticated",
             permission_for_others="users.manage",
-            result='array of maps: {"id", "user", "name", "created_at"}',
+            result='array of maps: {"id", "user", "name", "created_at", "grants", "expires_at"}',
         ),
         Op(
             "revoke_token",

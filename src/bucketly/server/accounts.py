@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -58,6 +60,11 @@ MAX_PASSWORD_LENGTH = 1024
 MAX_TOKENS_PER_USER = 100
 #: Longest token name, in characters.
 MAX_TOKEN_NAME_LENGTH = 100
+#: Longest life of a token given an expiry, in seconds (a year and a day): beyond that, ask for
+#: one that never expires, which says what it is.
+MAX_TOKEN_LIFETIME = 366 * 24 * 3600
+#: Most grants one token may be narrowed to.
+MAX_TOKEN_GRANTS = 100
 
 _WRONG = "unknown user or wrong password"
 
@@ -134,6 +141,8 @@ def _token_login(conn: ServerConnection, token: str) -> Any:
     row = server.db.tokens.get(parsed[0]) if parsed else None
     ok = verify_token_secret(row.secret_hash if row else None, parsed[1] if parsed else "")
     user = server.db.users.get(row.user) if ok and row is not None else None
+    if row is not None and user is not None and row.expired(time.time()):
+        user = None  # answered as any invalid token: the reply confirms nothing
     if row is None or user is None:
         conn.log_out()
         what = f"token id {parsed[0]}" if parsed else "malformed token"
@@ -149,11 +158,14 @@ def _token_login(conn: ServerConnection, token: str) -> Any:
 @_op
 def op_whoami(conn: ServerConnection, args: dict[str, Any]) -> Any:
     assert conn.user is not None
+    token = conn.server.db.tokens.get(conn.token_id) if conn.token_id is not None else None
     return {
         "user": conn.user.name,
         "permissions": _grants(conn.user),
         "must_change_password": conn.user.default_password,
         "token": conn.token_id,
+        # What the token narrows the connection to (None: all of the user's grants).
+        "token_permissions": token.describe()["grants"] if token is not None else None,
     }
 
 
@@ -193,10 +205,27 @@ async def op_change_password(conn: ServerConnection, args: dict[str, Any]) -> An
             )
             raise AuthFailed("the old password is wrong")
     new_hash = await loop.run_in_executor(executor, hash_password, new)
-    await server.db.set_password(user.name, new_hash)
+    revoked = await server.db.set_password(user.name, new_hash)
     server.audit.record("password_changed", user.name, conn.peer_host, f"user {user.name}")
     server.log.info("user %r changed their password", user.name)
+    _credentials_changed(conn, user, revoked)
     return None
+
+
+def _credentials_changed(conn: ServerConnection, user: UserRow, revoked: list[int]) -> None:
+    """After ``user``'s password changed: their tokens are gone and their other connections
+    end (at their next request); this connection, if it is the user's, proved the password and
+    stays logged in, by password."""
+    server = conn.server
+    server.grants_version += 1
+    if conn.user is user:
+        conn.keep_login()
+    if revoked:
+        ids = ", ".join(str(i) for i in revoked)
+        server.audit.record(
+            "token_revoked", _actor(conn), conn.peer_host,
+            f"tokens {ids} of {user.name}: its password changed",
+        )
 
 
 @_op
@@ -211,9 +240,10 @@ async def op_set_password(conn: ServerConnection, args: dict[str, Any]) -> Any:
     )
     if server.db.users.get(name) is not row:
         raise UnknownUser(f"no user named {name!r}")
-    await server.db.set_password(name, new_hash)
+    revoked = await server.db.set_password(name, new_hash)
     server.audit.record("password_set", _actor(conn), conn.peer_host, f"user {name}")
     server.log.info("user %r set the password of %r", _actor(conn), name)
+    _credentials_changed(conn, row, revoked)
     return None
 
 
@@ -280,7 +310,7 @@ def op_list_users(conn: ServerConnection, args: dict[str, Any]) -> Any:
 # -- grants ---------------------------------------------------------------------------------------
 
 
-def _holds(grants: set[tuple[str, str]], permission: str, pattern: str) -> bool:
+def _holds(grants: Iterable[tuple[str, str]], permission: str, pattern: str) -> bool:
     return any(
         (held == "*" or held == permission) and pattern_covers(held_pattern, pattern)
         for held, held_pattern in grants
@@ -382,13 +412,76 @@ async def op_create_token(conn: ServerConnection, args: dict[str, Any]) -> Any:
         raise BadArgument(
             f"user {user.name!r} has {held} tokens, the most allowed: revoke unused ones"
         )
+    grants = _token_grants(conn, args.get("grants"))
+    expires_at = _token_expiry(conn, args.get("expires_in"))
     secret = new_token_secret()
-    row = await server.db.create_token(user.name, name, hash_token_secret(secret))
+    row = await server.db.create_token(
+        user.name, name, hash_token_secret(secret), grants, expires_at
+    )
+    narrowed = "" if grants is None else f", narrowed to {len(grants)} grants"
+    expiring = "" if expires_at is None else f", expiring in {expires_at - time.time():.0f} s"
     server.audit.record(
-        "token_created", user.name, conn.peer_host, f"token {row.id} ({name or 'no name'})"
+        "token_created", user.name, conn.peer_host,
+        f"token {row.id} ({name or 'no name'}{narrowed}{expiring})",
     )
     server.log.info("user %r created API token %d", user.name, row.id)
     return {"token": token_string(row.id, secret), **row.describe()}
+
+
+def _token_grants(
+    conn: ServerConnection, given: list[Any] | None
+) -> frozenset[tuple[str, str]] | None:
+    """The grants a new token is narrowed to: each held by its owner and by this connection.
+
+    A connection logged in with a narrowed token makes tokens no wider than its own.
+    """
+    user = conn.user
+    assert user is not None
+    current = conn.token_grants
+    if given is None:
+        return current
+    if len(given) > MAX_TOKEN_GRANTS:
+        raise BadArgument(f"create_token: at most {MAX_TOKEN_GRANTS} grants a token")
+    grants = set()
+    for item in given:
+        if (
+            not isinstance(item, dict)
+            or not item.keys() <= {"permission", "pattern"}
+            or not isinstance(item.get("permission"), str)
+            or not isinstance(item.get("pattern", "*"), str)
+        ):
+            raise BadArgument(
+                'create_token: each of grants must be a map {"permission": str, "pattern": str}'
+            )
+        permission, pattern = item["permission"], item.get("pattern", "*")
+        check_grant(permission, pattern)
+        if not _holds(user.grants, permission, pattern) or (
+            current is not None and not _holds(current, permission, pattern)
+        ):
+            raise _deny(
+                conn, "create_token",
+                f"a token can only be narrowed to what you hold, and you hold no "
+                f"{permission!r} covering {pattern!r}"
+                + (" on this connection's token" if current is not None else ""),
+            )
+        grants.add((permission, pattern))
+    return frozenset(grants)
+
+
+def _token_expiry(conn: ServerConnection, expires_in: int | None) -> float | None:
+    """When a new token expires: as asked, and never after this connection's own token."""
+    if expires_in is not None and not 0 < expires_in <= MAX_TOKEN_LIFETIME:
+        raise BadArgument(
+            f"create_token: expires_in must be 1 to {MAX_TOKEN_LIFETIME} seconds"
+        )
+    token = conn.server.db.tokens.get(conn.token_id) if conn.token_id is not None else None
+    limits = [
+        t for t in (
+            time.time() + expires_in if expires_in is not None else None,
+            token.expires_at if token is not None else None,
+        ) if t is not None
+    ]
+    return min(limits) if limits else None
 
 
 @_op

@@ -147,6 +147,11 @@ class ServerConnection(asyncio.Protocol):
         self.user: UserRow | None = None
         #: The id of the API token this connection logged in with, if it did.
         self.token_id: int | None = None
+        #: The grants that token is narrowed to (None: all of the user's): a request needs
+        #: both the user's grant and the token's (``allowed``).
+        self.token_grants: frozenset[tuple[str, str]] | None = None
+        #: The user's ``epoch`` at login: a password change bumps it and ends this login.
+        self._epoch = 0
         self.closed = False
         self._lost = False
         #: When the unfinished frame at the end of the buffer began to arrive (None: no such).
@@ -624,19 +629,19 @@ class ServerConnection(asyncio.Protocol):
         if cached is None:
             if len(self._allowed) >= MAX_CACHED_DECISIONS:
                 self._allowed.clear()
-            cached = self._allowed[key] = any(
-                (granted == "*" or granted == permission)
-                and (bucket is None or fnmatch.fnmatchcase(bucket, pattern))
-                for granted, pattern in user.grants
+            token = self.token_grants
+            cached = self._allowed[key] = _covers(user.grants, permission, bucket) and (
+                token is None or _covers(token, permission, bucket)
             )
         return cached
 
     def can_see(self, bucket: str) -> bool:
-        """Whether the user holds any per-bucket permission on ``bucket`` (for list_buckets)."""
-        return self.user is not None and any(
-            granted in _BUCKET_PERMISSIONS and fnmatch.fnmatchcase(bucket, pattern)
-            for granted, pattern in self.user.grants
-        )
+        """Whether the user (and token) hold any per-bucket permission on ``bucket`` (for
+        list_buckets)."""
+        if self.user is None:
+            return False
+        token = self.token_grants
+        return _sees(self.user.grants, bucket) and (token is None or _sees(token, bucket))
 
     def require(self, permission: str, bucket: str | None, op: str) -> None:
         """Raise ``PermissionDenied`` (and audit it) unless the user holds ``permission``."""
@@ -668,6 +673,9 @@ class ServerConnection(asyncio.Protocol):
         """The connection is now ``user``'s: lift the pre-authentication limits."""
         self.user = user
         self.token_id = token_id
+        token = self.server.db.tokens.get(token_id) if token_id is not None else None
+        self.token_grants = token.grants if token is not None else None
+        self._epoch = user.epoch
         self._allowed.clear()
         self._grants_version = self.server.grants_version
         self.protocol.log_in()
@@ -677,10 +685,20 @@ class ServerConnection(asyncio.Protocol):
         """Back to unauthenticated (a failed auth, or the user or token is gone)."""
         self.user = None
         self.token_id = None
+        self.token_grants = None
         self._allowed.clear()
         self.protocol.log_out(time.monotonic())
         if not self.closed:
             self.server.admission.waiting(self, peer_key(self.peer_host))
+
+    def keep_login(self) -> None:
+        """This connection changed its user's password: it stays logged in, as by password
+        (its token, if it had one, was revoked with the others)."""
+        assert self.user is not None
+        self.token_id = None
+        self.token_grants = None
+        self._epoch = self.user.epoch
+        self._allowed.clear()
 
     def _refresh(self) -> None:
         server = self.server
@@ -689,6 +707,7 @@ class ServerConnection(asyncio.Protocol):
         user = self.user
         if user is not None and (
             server.db.users.get(user.name) is not user
+            or user.epoch != self._epoch  # its password changed since this login
             or (self.token_id is not None and self.token_id not in server.db.tokens)
         ):
             log.info("connection from %s lost the login of %r", self.peer, user.name)
@@ -804,6 +823,22 @@ class ServerConnection(asyncio.Protocol):
     def _abort(self) -> None:
         if not self._lost and self.transport is not None:
             self.transport.abort()
+
+
+def _covers(grants: frozenset[tuple[str, str]] | set[tuple[str, str]], permission: str,
+            bucket: str | None) -> bool:
+    return any(
+        (granted == "*" or granted == permission)
+        and (bucket is None or fnmatch.fnmatchcase(bucket, pattern))
+        for granted, pattern in grants
+    )
+
+
+def _sees(grants: frozenset[tuple[str, str]] | set[tuple[str, str]], bucket: str) -> bool:
+    return any(
+        granted in _BUCKET_PERMISSIONS and fnmatch.fnmatchcase(bucket, pattern)
+        for granted, pattern in grants
+    )
 
 
 def _check_producer(producer: Any, seq: Any) -> tuple[str, int]:

@@ -24,7 +24,7 @@ from .. import __version__
 from ..buckets import Bucket, recovery
 from ..buckets.journal import Journal
 from ..buckets.workers import WorkerThreads
-from ..errors import ConfigError, DataLossDetected
+from ..errors import ConfigError, DataLossDetected, StorageError
 from ..handlers import HandlerInfo, load_handlers
 from ..store import Database
 from .admission import Admission
@@ -224,7 +224,8 @@ class Server:
         return [conn.busy for conn in self.connections if conn.busy is not None]
 
     async def _sweep(self) -> None:
-        """Close connections that broke a timeout (auth, unfinished frame); see connection.py."""
+        """Close connections that broke a timeout (auth, unfinished frame); see connection.py.
+        Delete expired tokens: the connections they logged in lose that login."""
         config = self.config
         interval = min(SWEEP_INTERVAL, config.auth_timeout / 4, config.frame_timeout / 4)
         while True:
@@ -232,6 +233,20 @@ class Server:
             now = time.monotonic()
             for conn in list(self.connections):
                 conn.check_timeouts(now)
+            await self._expire_tokens()
+
+    async def _expire_tokens(self) -> None:
+        now = time.time()
+        expired = [token for token in self.db.tokens.values() if token.expired(now)]
+        if not expired:
+            return
+        try:
+            await self.db.delete_tokens([token.id for token in expired])
+        except StorageError:
+            return  # logged by the database; expired tokens log no one in meanwhile
+        self.grants_version += 1
+        for token in expired:
+            self.audit.record("token_expired", token.user, None, f"token {token.id}")
 
     def _tune_gc(self) -> None:
         if self.config.gc_threshold <= 0:

@@ -138,6 +138,16 @@ MIGRATIONS: list[tuple[int, str]] = [
             ) GROUP BY bucket
         """,
     ),
+    (
+        5,
+        # Tokens narrowed to some of their owner's grants, and tokens that expire (security.md).
+        """
+        -- grants: MessagePack [[permission, pattern], ...], or NULL for all of the owner's.
+        -- expires_at: Unix time, or NULL for never.
+        ALTER TABLE tokens ADD COLUMN grants BLOB;
+        ALTER TABLE tokens ADD COLUMN expires_at REAL;
+        """,
+    ),
 ]
 
 #: The user created in an empty database file, and the password it starts with.
@@ -161,6 +171,9 @@ class UserRow:
     created_at: float
     #: (permission, bucket-name pattern) pairs; ``("*", "*")`` is everything.
     grants: set[tuple[str, str]] = field(default_factory=set)
+    #: Bumped by every password change (in memory only: no login outlives a restart), so that
+    #: connections logged in before it can tell and end (``server/connection.py``).
+    epoch: int = 0
 
 
 @dataclass(slots=True)
@@ -170,9 +183,29 @@ class TokenRow:
     name: str | None
     secret_hash: bytes
     created_at: float
+    #: The (permission, pattern) grants the token is narrowed to, of its owner's; None: all.
+    grants: frozenset[tuple[str, str]] | None = None
+    #: When it stops working (Unix time); None: never.
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "user": self.user, "name": self.name, "created_at": self.created_at}
+        return {
+            "id": self.id,
+            "user": self.user,
+            "name": self.name,
+            "created_at": self.created_at,
+            "grants": None if self.grants is None else [
+                {"permission": p, "pattern": pattern} for p, pattern in sorted(self.grants)
+            ],
+            "expires_at": self.expires_at,
+        }
+
+
+def _grants_column(grants: frozenset[tuple[str, str]] | None) -> bytes | None:
+    return None if grants is None else pack(sorted([p, pattern] for p, pattern in grants))
 
 
 @dataclass(slots=True)
@@ -337,8 +370,14 @@ class Database:
         ):
             self.users[user].grants.add((permission, pattern))
         self.tokens = {
-            row[0]: TokenRow(row[0], row[1], row[2], bytes(row[3]), row[4])
-            for row in conn.execute("SELECT id, user, name, secret_hash, created_at FROM tokens")
+            row[0]: TokenRow(
+                row[0], row[1], row[2], bytes(row[3]), row[4],
+                None if row[5] is None else frozenset((p, pat) for p, pat in unpack(row[5])),
+                row[6],
+            )
+            for row in conn.execute(
+                "SELECT id, user, name, secret_hash, created_at, grants, expires_at FROM tokens"
+            )
         }
 
     # -- writes ---------------------------------------------------------------------------------
@@ -448,16 +487,27 @@ class Database:
         await self.write(change)
         self.buckets[name].durable = durable
 
-    async def set_password(self, user: str, password_hash: str) -> None:
-        await self.write(
-            lambda c: c.execute(
+    async def set_password(self, user: str, password_hash: str) -> list[int]:
+        """Change the password and, in the same transaction, revoke every token of the user (a
+        password change is how a leak is answered). Bumps the user's ``epoch``. Returns the ids
+        of the tokens revoked."""
+
+        def change(c: sqlite3.Connection) -> None:
+            c.execute(
                 "UPDATE users SET password_hash = ?, default_password = 0 WHERE name = ?",
                 (password_hash, user),
             )
-        )
+            c.execute("DELETE FROM tokens WHERE user = ?", (user,))
+
+        await self.write(change)
         row = self.users[user]
         row.password_hash = password_hash
         row.default_password = False
+        row.epoch += 1
+        revoked = [token.id for token in self.tokens.values() if token.user == user]
+        for token_id in revoked:
+            del self.tokens[token_id]
+        return revoked
 
     async def create_user(self, name: str, password_hash: str) -> UserRow:
         row = UserRow(name, password_hash, False, time.time())
@@ -504,22 +554,36 @@ class Database:
         self.users[user].grants.discard((permission, pattern))
         return bool(cursor.rowcount)
 
-    async def create_token(self, user: str, name: str | None, secret_hash: bytes) -> TokenRow:
+    async def create_token(
+        self,
+        user: str,
+        name: str | None,
+        secret_hash: bytes,
+        grants: frozenset[tuple[str, str]] | None = None,
+        expires_at: float | None = None,
+    ) -> TokenRow:
         created_at = time.time()
         cursor = await self.write(
             lambda c: c.execute(
-                "INSERT INTO tokens (user, name, secret_hash, created_at) VALUES (?, ?, ?, ?)",
-                (user, name, secret_hash, created_at),
+                "INSERT INTO tokens (user, name, secret_hash, created_at, grants, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (user, name, secret_hash, created_at, _grants_column(grants), expires_at),
             )
         )
         assert cursor.lastrowid is not None
-        row = TokenRow(cursor.lastrowid, user, name, secret_hash, created_at)
+        row = TokenRow(cursor.lastrowid, user, name, secret_hash, created_at, grants, expires_at)
         self.tokens[row.id] = row
         return row
 
     async def delete_token(self, token_id: int) -> None:
-        await self.write(lambda c: c.execute("DELETE FROM tokens WHERE id = ?", (token_id,)))
-        self.tokens.pop(token_id, None)
+        await self.delete_tokens([token_id])
+
+    async def delete_tokens(self, token_ids: list[int]) -> None:
+        await self.write(
+            lambda c: c.executemany("DELETE FROM tokens WHERE id = ?", [(i,) for i in token_ids])
+        )
+        for token_id in token_ids:
+            self.tokens.pop(token_id, None)
 
     async def append_audit(self, entries: list[AuditEntry], keep: int) -> None:
         """Append entries, then trim the table to its newest ``keep`` rows."""
