@@ -43,7 +43,8 @@ about once a second. Breaking a limit gets a ``limit_exceeded`` error (``detail.
 it), an audit entry, and the connection closed.
 
 Authentication state changes only in ``log_in`` and ``log_out``. Grants, users and tokens can
-change under a live connection: every change bumps ``server.grants_version``, and a connection
+change under a live connection: every change bumps ``server.grants_version`` (the ops call
+``server.grants_changed()``), and a connection
 that sees a new version drops its cached decisions and re-checks that its user (and token) still
 exist before it does anything else.
 """
@@ -82,7 +83,7 @@ from ..protocol.ops import (
     MAX_PRODUCER_SEQ,
     PERMISSIONS,
 )
-from .dispatch import IMPLEMENTATIONS
+from .ops import IMPLEMENTATIONS
 from .throttle import peer_key
 
 if TYPE_CHECKING:

@@ -56,7 +56,8 @@ class Server:
         self.creating: set[str] = set()
         self.connections: set[ServerConnection] = set()
         self.connections_total = 0
-        #: Bumped whenever any user's permissions change; connections drop cached decisions.
+        #: Bumped whenever any user's permissions change (``grants_changed``); connections
+        #: then drop their cached decisions and re-check their login.
         self.grants_version = 0
         self.db = Database(config.database)
         #: The journal of durable buckets: group commit and snapshots (buckets/journal.py).
@@ -244,7 +245,7 @@ class Server:
             await self.db.delete_tokens([token.id for token in expired])
         except StorageError:
             return  # logged by the database; expired tokens log no one in meanwhile
-        self.grants_version += 1
+        self.grants_changed()
         for token in expired:
             self.audit.record("token_expired", token.user, None, f"token {token.id}")
 
@@ -256,6 +257,11 @@ class Server:
         gc.freeze()
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(self.config.gc_threshold, gen1, gen2)
+
+    def grants_changed(self) -> None:
+        """Users, grants or tokens changed: every connection re-checks its login and grants
+        before its next request."""
+        self.grants_version += 1
 
     def add_bucket(self, bucket: Bucket) -> None:
         self.buckets[bucket.name] = bucket

@@ -1,42 +1,26 @@
-"""The implementation of every op but ``send`` (whose hot path lives in connection.py).
+"""The ops of buckets (creating, configuring, deleting, viewing, dumping), and hello, ping, stats.
 
-Each function takes the connection and the request's validated arguments, and returns the result
-or, when it must wait for a password hash or the database, a coroutine. Arguments have already
-been checked against ``bucketly.protocol.OPS`` and the caller holds the op's permission.
-
-The ops of authentication, users, grants, tokens and the audit trail live in ``accounts.py``.
+``send``, the hot path, lives in connection.py; the ops of accounts in ``accounts.py``; how an op
+is written and registered, in ``registry.py``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..buckets import Bucket
-from ..buckets.journal import BucketJournal
-from ..errors import BadArgument, BucketExists, HandlerError, UnknownHandler
-from ..protocol import OPS, PROTOCOL_VERSION, check_bucket_name
-from ..store import BucketRow
+from ...buckets import Bucket
+from ...buckets.journal import BucketJournal
+from ...errors import BadArgument, BucketExists, HandlerError, UnknownHandler
+from ...protocol import PROTOCOL_VERSION, check_bucket_name
+from ...store import BucketRow
+from .registry import Session, op
 
-if TYPE_CHECKING:
-    from .connection import ServerConnection
-
-__all__ = ["IMPLEMENTATIONS"]
-
-Impl = Callable[["ServerConnection", dict[str, Any]], Any]
-IMPLEMENTATIONS: dict[str, Impl] = {}
+__all__: list[str] = []
 
 
-def _op(func: Impl) -> Impl:
-    name = func.__name__.removeprefix("op_")
-    assert name in OPS, f"{name} is not declared in bucketly.protocol.OPS"
-    IMPLEMENTATIONS[name] = func
-    return func
-
-
-@_op
-def op_hello(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_hello(conn: Session, args: dict[str, Any]) -> Any:
     version = args.get("protocol", PROTOCOL_VERSION)
     if "client" in args:
         conn.server.log.debug("client %s says it is %r", conn.peer, args["client"][:100])
@@ -49,13 +33,13 @@ def op_hello(conn: ServerConnection, args: dict[str, Any]) -> Any:
     }
 
 
-@_op
-def op_ping(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_ping(conn: Session, args: dict[str, Any]) -> Any:
     return "pong"
 
 
-@_op
-def op_view(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_view(conn: Session, args: dict[str, Any]) -> Any:
     bucket = conn.bucket(args["bucket"])
     view_args = args.get("args") or {}
     if not all(type(key) is str for key in view_args):
@@ -63,13 +47,13 @@ def op_view(conn: ServerConnection, args: dict[str, Any]) -> Any:
     return bucket.view(args["view"], view_args)
 
 
-@_op
-def op_dump(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_dump(conn: Session, args: dict[str, Any]) -> Any:
     return conn.bucket(args["bucket"]).dump()
 
 
-@_op
-async def op_create_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_create_bucket(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     name, handler_name = args["bucket"], args["handler"]
     config = args.get("config") or {}
@@ -106,8 +90,8 @@ async def op_create_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
     return bucket.describe()
 
 
-@_op
-def op_list_buckets(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_list_buckets(conn: Session, args: dict[str, Any]) -> Any:
     # Full info (its config may hold credentials) needs `view`; other grants show the name.
     return [
         bucket.describe() if conn.allowed("view", name) else {"name": name}
@@ -116,8 +100,8 @@ def op_list_buckets(conn: ServerConnection, args: dict[str, Any]) -> Any:
     ]
 
 
-@_op
-def op_bucket_info(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_bucket_info(conn: Session, args: dict[str, Any]) -> Any:
     name = args["bucket"]
     bucket = conn.server.buckets.get(name)
     if bucket is None:
@@ -129,8 +113,8 @@ def op_bucket_info(conn: ServerConnection, args: dict[str, Any]) -> Any:
     return info
 
 
-@_op
-async def op_configure_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_configure_bucket(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     bucket = conn.bucket(args["bucket"])
     if "durable" in args and args["durable"] != bucket.row.durable:
@@ -145,8 +129,8 @@ async def op_configure_bucket(conn: ServerConnection, args: dict[str, Any]) -> A
     return bucket.describe()
 
 
-@_op
-async def op_delete_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_delete_bucket(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     name = args["bucket"]
     bucket = server.buckets.get(name)
@@ -161,17 +145,11 @@ async def op_delete_bucket(conn: ServerConnection, args: dict[str, Any]) -> Any:
     return None
 
 
-@_op
-def op_list_handlers(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_list_handlers(conn: Session, args: dict[str, Any]) -> Any:
     return [info.describe() for _, info in sorted(conn.server.handlers.items())]
 
 
-@_op
-def op_stats(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_stats(conn: Session, args: dict[str, Any]) -> Any:
     return conn.server.statistics()
-
-
-from . import accounts  # noqa: E402, F401  (registers its ops)
-
-missing = set(OPS) - set(IMPLEMENTATIONS) - {"send"}
-assert not missing, f"ops without an implementation: {missing}"

@@ -10,7 +10,7 @@ back door to everything:
   (``_check_outranks``): a user manager cannot take over ``admin``.
 
 Every change is recorded in the audit trail with who made it and from where, and bumps
-``server.grants_version`` when it can change what a live connection may do.
+``server.grants_changed()`` when it can change what a live connection may do.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import asyncio
 import math
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import (
+from ...errors import (
     AuthFailed,
     BadArgument,
     PermissionDenied,
@@ -29,27 +29,24 @@ from ..errors import (
     UnknownUser,
     UserExists,
 )
-from ..protocol import OPS
-from ..protocol.ops import (
+from ...protocol import OPS
+from ...protocol.ops import (
     MAX_USER_NAME_LENGTH,
     check_grant,
     check_user_name,
     pattern_covers,
 )
-from ..store import UserRow, hash_password, verify_password
-from ..store.tokens import (
+from ...store import UserRow, hash_password, verify_password
+from ...store.tokens import (
     hash_token_secret,
     new_token_secret,
     parse_token,
     token_string,
     verify_token_secret,
 )
-from .audit import AUDIT_MAX_READ
-from .dispatch import _op
-from .throttle import pair_key, peer_key, user_key
-
-if TYPE_CHECKING:
-    from .connection import ServerConnection
+from ..audit import AUDIT_MAX_READ
+from ..throttle import pair_key, peer_key, user_key
+from .registry import Session, op
 
 __all__ = ["MAX_PASSWORD_LENGTH", "MAX_TOKENS_PER_USER"]
 
@@ -69,7 +66,7 @@ MAX_TOKEN_GRANTS = 100
 _WRONG = "unknown user or wrong password"
 
 
-def _actor(conn: ServerConnection) -> str:
+def _actor(conn: Session) -> str:
     assert conn.user is not None
     return conn.user.name
 
@@ -85,8 +82,8 @@ def _too_many(wait: float) -> TooManyAttempts:
 # -- logging in -----------------------------------------------------------------------------------
 
 
-@_op
-async def op_auth(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_auth(conn: Session, args: dict[str, Any]) -> Any:
     if "token" in args:
         if "user" in args or "password" in args:
             raise BadArgument("auth takes a token, or a user and a password; not both")
@@ -96,7 +93,7 @@ async def op_auth(conn: ServerConnection, args: dict[str, Any]) -> Any:
     return await _password_login(conn, args["user"], args["password"])
 
 
-async def _password_login(conn: ServerConnection, name: str, password: str) -> Any:
+async def _password_login(conn: Session, name: str, password: str) -> Any:
     server = conn.server
     throttle = server.throttle
     host = conn.peer_host
@@ -133,7 +130,7 @@ async def _password_login(conn: ServerConnection, name: str, password: str) -> A
         raise AuthFailed(_WRONG)
 
 
-def _token_login(conn: ServerConnection, token: str) -> Any:
+def _token_login(conn: Session, token: str) -> Any:
     # Not throttled: a token's secret has 128 random bits, so guessing one is hopeless, and
     # failures counted against the address would lock out the password logins behind it.
     server = conn.server
@@ -155,8 +152,8 @@ def _token_login(conn: ServerConnection, token: str) -> Any:
     return {"user": user.name, "must_change_password": user.default_password}
 
 
-@_op
-def op_whoami(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_whoami(conn: Session, args: dict[str, Any]) -> Any:
     assert conn.user is not None
     token = conn.server.db.tokens.get(conn.token_id) if conn.token_id is not None else None
     return {
@@ -179,8 +176,8 @@ def _check_new_password(name: str, password: str) -> None:
         raise BadArgument("a password must not be the user's name")
 
 
-@_op
-async def op_change_password(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_change_password(conn: Session, args: dict[str, Any]) -> Any:
     user = conn.user
     assert user is not None
     server = conn.server
@@ -212,12 +209,12 @@ async def op_change_password(conn: ServerConnection, args: dict[str, Any]) -> An
     return None
 
 
-def _credentials_changed(conn: ServerConnection, user: UserRow, revoked: list[int]) -> None:
+def _credentials_changed(conn: Session, user: UserRow, revoked: list[int]) -> None:
     """After ``user``'s password changed: their tokens are gone and their other connections
     end (at their next request); this connection, if it is the user's, proved the password and
     stays logged in, by password."""
     server = conn.server
-    server.grants_version += 1
+    server.grants_changed()
     if conn.user is user:
         conn.keep_login()
     if revoked:
@@ -228,8 +225,8 @@ def _credentials_changed(conn: ServerConnection, user: UserRow, revoked: list[in
         )
 
 
-@_op
-async def op_set_password(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_set_password(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     name, password = args["user"], args["password"]
     row = _user(conn, name)
@@ -250,7 +247,7 @@ async def op_set_password(conn: ServerConnection, args: dict[str, Any]) -> Any:
 # -- users ----------------------------------------------------------------------------------------
 
 
-def _user(conn: ServerConnection, name: str) -> UserRow:
+def _user(conn: Session, name: str) -> UserRow:
     row = conn.server.db.users.get(name)
     if row is None:
         raise UnknownUser(f"no user named {name[:MAX_USER_NAME_LENGTH + 1]!r}")
@@ -261,8 +258,8 @@ def _grants(row: UserRow) -> list[dict[str, str]]:
     return [{"permission": p, "pattern": pattern} for p, pattern in sorted(row.grants)]
 
 
-@_op
-async def op_create_user(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_create_user(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     name, password = args["user"], args["password"]
     check_user_name(name)
@@ -278,21 +275,21 @@ async def op_create_user(conn: ServerConnection, args: dict[str, Any]) -> Any:
     return None
 
 
-@_op
-async def op_delete_user(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_delete_user(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     name = args["user"]
     row = _user(conn, name)
     _check_outranks(conn, "delete_user", row, "delete")
     await server.db.delete_user(name)
-    server.grants_version += 1  # its live connections lose their login
+    server.grants_changed()  # its live connections lose their login
     server.audit.record("user_deleted", _actor(conn), conn.peer_host, f"user {name}")
     server.log.info("user %r deleted user %r", _actor(conn), name)
     return None
 
 
-@_op
-def op_list_users(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_list_users(conn: Session, args: dict[str, Any]) -> Any:
     tokens: dict[str, int] = {}
     for token in conn.server.db.tokens.values():
         tokens[token.user] = tokens.get(token.user, 0) + 1
@@ -317,12 +314,12 @@ def _holds(grants: Iterable[tuple[str, str]], permission: str, pattern: str) -> 
     )
 
 
-def _deny(conn: ServerConnection, op: str, message: str) -> PermissionDenied:
+def _deny(conn: Session, op: str, message: str) -> PermissionDenied:
     conn.server.audit.record("permission_denied", _actor(conn), conn.peer_host, f"{op}: {message}")
     return PermissionDenied(message)
 
 
-def _check_holds(conn: ServerConnection, op: str, permission: str, pattern: str) -> None:
+def _check_holds(conn: Session, op: str, permission: str, pattern: str) -> None:
     assert conn.user is not None
     if not _holds(conn.user.grants, permission, pattern):
         raise _deny(
@@ -332,7 +329,7 @@ def _check_holds(conn: ServerConnection, op: str, permission: str, pattern: str)
         )
 
 
-def _check_outranks(conn: ServerConnection, op: str, target: UserRow, action: str) -> None:
+def _check_outranks(conn: Session, op: str, target: UserRow, action: str) -> None:
     assert conn.user is not None
     if target is conn.user:
         return
@@ -351,22 +348,22 @@ def _grant_args(args: dict[str, Any]) -> tuple[str, str, str]:
     return args["user"], permission, pattern
 
 
-@_op
-async def op_grant(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_grant(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     name, permission, pattern = _grant_args(args)
     _user(conn, name)
     _check_holds(conn, "grant", permission, pattern)
     await server.db.grant(name, permission, pattern)
-    server.grants_version += 1
+    server.grants_changed()
     what = f"{permission} on {pattern} to {name}"
     server.audit.record("granted", _actor(conn), conn.peer_host, what)
     server.log.info("user %r granted %s", _actor(conn), what)
     return None
 
 
-@_op
-async def op_revoke(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_revoke(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     name, permission, pattern = _grant_args(args)
     row = _user(conn, name)
@@ -378,23 +375,23 @@ async def op_revoke(conn: ServerConnection, args: dict[str, Any]) -> Any:
         )
     _check_holds(conn, "revoke", permission, pattern)
     await server.db.revoke(name, permission, pattern)
-    server.grants_version += 1
+    server.grants_changed()
     what = f"{permission} on {pattern} from {name}"
     server.audit.record("revoked", _actor(conn), conn.peer_host, what)
     server.log.info("user %r revoked %s", _actor(conn), what)
     return None
 
 
-@_op
-def op_permissions(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_permissions(conn: Session, args: dict[str, Any]) -> Any:
     return _grants(_user(conn, args["user"]))
 
 
 # -- API tokens -----------------------------------------------------------------------------------
 
 
-@_op
-async def op_create_token(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_create_token(conn: Session, args: dict[str, Any]) -> Any:
     user = conn.user
     assert user is not None
     server = conn.server
@@ -429,7 +426,7 @@ async def op_create_token(conn: ServerConnection, args: dict[str, Any]) -> Any:
 
 
 def _token_grants(
-    conn: ServerConnection, given: list[Any] | None
+    conn: Session, given: list[Any] | None
 ) -> frozenset[tuple[str, str]] | None:
     """The grants a new token is narrowed to: each held by its owner and by this connection.
 
@@ -468,7 +465,7 @@ def _token_grants(
     return frozenset(grants)
 
 
-def _token_expiry(conn: ServerConnection, expires_in: int | None) -> float | None:
+def _token_expiry(conn: Session, expires_in: int | None) -> float | None:
     """When a new token expires: as asked, and never after this connection's own token."""
     if expires_in is not None and not 0 < expires_in <= MAX_TOKEN_LIFETIME:
         raise BadArgument(
@@ -484,8 +481,8 @@ def _token_expiry(conn: ServerConnection, expires_in: int | None) -> float | Non
     return min(limits) if limits else None
 
 
-@_op
-def op_list_tokens(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+def op_list_tokens(conn: Session, args: dict[str, Any]) -> Any:
     name = args.get("user", _actor(conn))
     _check_outranks(conn, "list_tokens", _user(conn, name), "list the tokens of")
     return [
@@ -495,8 +492,8 @@ def op_list_tokens(conn: ServerConnection, args: dict[str, Any]) -> Any:
     ]
 
 
-@_op
-async def op_revoke_token(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_revoke_token(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     token_id = args["token_id"]
     row = server.db.tokens.get(token_id)
@@ -510,7 +507,7 @@ async def op_revoke_token(conn: ServerConnection, args: dict[str, Any]) -> Any:
     if row is None:
         raise BadArgument(f"no token with id {token_id}")
     await server.db.delete_token(token_id)
-    server.grants_version += 1  # connections it authenticated lose their login
+    server.grants_changed()  # connections it authenticated lose their login
     server.audit.record(
         "token_revoked", _actor(conn), conn.peer_host, f"token {token_id} of {row.user}"
     )
@@ -521,8 +518,8 @@ async def op_revoke_token(conn: ServerConnection, args: dict[str, Any]) -> Any:
 # -- the audit trail ------------------------------------------------------------------------------
 
 
-@_op
-async def op_audit(conn: ServerConnection, args: dict[str, Any]) -> Any:
+@op
+async def op_audit(conn: Session, args: dict[str, Any]) -> Any:
     limit = args.get("limit", 100)
     if not 1 <= limit <= AUDIT_MAX_READ:
         raise BadArgument(f"limit must be 1 to {AUDIT_MAX_READ}")
