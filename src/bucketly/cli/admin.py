@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.text import Text
 
+from ..errors import AuthRequired
 from . import output as out
 from .base import (
     HELP_WIDTH,
@@ -131,7 +132,9 @@ def passwd(user: str | None, from_stdin: bool) -> None:
     own = user is None or user == client.user
     if own:
         if client.user is None:
-            raise CliError("not logged in: give the user with --user or BUCKETLY_USER", 3)
+            raise CliError(
+                "not logged in: give the user with --user or BUCKETLY_USER", AuthRequired.exit_code
+            )
         password = _new_password(from_stdin, client.user)
         client.change_password(invocation.login_password() or "", password)
         invocation.password_changed(password)

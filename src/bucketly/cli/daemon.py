@@ -13,6 +13,10 @@ from ..errors import BucketlyError
 from ..server import Server, ServerConfig
 from ..server.config import DEFAULT_DATABASE, ENV_PREFIX, options
 
+#: Exit status when the address cannot be listened on (in use, not ours): as any other failure
+#: to start (docs/configuration.md, "Exit status").
+EXIT_CANNOT_LISTEN = BucketlyError.exit_code
+
 __all__ = ["build_command", "main"]
 
 _TYPES: dict[Any, Any] = {int: int, float: float, str: str, "int": int, "float": float, "str": str}
@@ -85,7 +89,7 @@ def build_command() -> click.Command:
             logging.getLogger("bucketly").error(
                 "cannot listen on %s:%s: %s", config.hostname, config.port, exc.strerror or exc
             )
-            sys.exit(1)
+            sys.exit(EXIT_CANNOT_LISTEN)
 
     return click.Command(
         "bucketlyd",

@@ -35,8 +35,8 @@ __all__ = [
 
 #: Bucket names: 1 to 200 characters of letters, digits and ``_ . : -``, starting with a letter
 #: or digit, so that they are safe in logs, file names and permission patterns.
-BUCKET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}")
 MAX_BUCKET_NAME_LENGTH = 200
+BUCKET_NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:\-]{{0,{MAX_BUCKET_NAME_LENGTH - 1}}}")
 #: Longest producer id accepted in a send: a client's random id needs 32 characters (a UUID in
 #: hex); anything much longer is a mistake, and every bucket keeps one entry per producer.
 MAX_PRODUCER_LENGTH = 64
@@ -46,8 +46,10 @@ MAX_PRODUCER_SEQ = 2**63 - 1
 #: User names: 1 to 64 letters, digits and ``_ . @ -``, starting with a letter or digit.
 USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
 MAX_USER_NAME_LENGTH = 64
-#: Bucket-name patterns of grants: bucket-name characters plus the glob characters ``* ? [ ] !``.
-PATTERN_RE = re.compile(r"[A-Za-z0-9_.:\-*?\[\]!]{1,200}")
+#: Bucket-name patterns of grants: bucket-name characters plus the glob characters ``* ? [ ] !``,
+#: as long as a bucket name at most.
+MAX_PATTERN_LENGTH = MAX_BUCKET_NAME_LENGTH
+PATTERN_RE = re.compile(rf"[A-Za-z0-9_.:\-*?\[\]!]{{1,{MAX_PATTERN_LENGTH}}}")
 _GLOB_CHARS = frozenset("*?[]!")
 
 ArgType = Literal["str", "int", "bool", "map", "array", "any"]
@@ -422,8 +424,8 @@ def validate_args(op: Op, args: dict[str, Any]) -> None:
 def check_bucket_name(name: str) -> None:
     if not BUCKET_NAME_RE.fullmatch(name):
         raise BadArgument(
-            f"invalid bucket name {name[:50]!r}: use 1 to 200 letters, digits, '_', '.', ':' "
-            "or '-', starting with a letter or digit"
+            f"invalid bucket name {name[:50]!r}: use 1 to {MAX_BUCKET_NAME_LENGTH} letters, "
+            "digits, '_', '.', ':' or '-', starting with a letter or digit"
         )
 
 
@@ -444,7 +446,8 @@ def check_grant(permission: str, pattern: str) -> None:
         )
     if not PATTERN_RE.fullmatch(pattern):
         raise BadArgument(
-            f"invalid pattern {pattern[:50]!r}: 1 to 200 bucket-name characters and * ? [ ] !"
+            f"invalid pattern {pattern[:50]!r}: 1 to {MAX_PATTERN_LENGTH} bucket-name characters "
+            "and * ? [ ] !"
         )
     if permission in PERMISSIONS and PERMISSIONS[permission].kind == "server" and pattern != "*":
         raise BadArgument(f"{permission} is server-wide: grant it on the pattern '*'")
