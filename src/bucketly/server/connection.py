@@ -15,7 +15,7 @@ request sent before it on the same connection (a view after a send sees the send
 Sends to durable buckets are pipelined. Such a send is queued on the durable log and the
 connection becomes busy with a *pipeline* (``_drain_pipeline``): while the log writes, the
 connection goes on reading, and further sends to durable buckets join the pipeline (up to
-``MAX_PIPELINED_SENDS``), so that they share the next commit. The first request of any other
+``pipeline.MAX_PIPELINED_SENDS``), so that they share the next commit. The first request of any other
 kind is *held*: it waits, with everything after it, until every send before it is on disk and
 applied. The replies of the pipeline are written in order as their commits complete.
 
@@ -52,11 +52,9 @@ exist before it does anything else.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import ipaddress
 import logging
 import time
-from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -81,9 +79,10 @@ from ..protocol.ops import (
     MAX_BUCKET_NAME_LENGTH,
     MAX_PRODUCER_LENGTH,
     MAX_PRODUCER_SEQ,
-    PERMISSIONS,
 )
 from .ops import IMPLEMENTATIONS
+from .permissions import Decisions, sees
+from .pipeline import Pipeline
 from .throttle import peer_key
 
 if TYPE_CHECKING:
@@ -96,10 +95,6 @@ __all__ = ["ServerConnection"]
 log = logging.getLogger("bucketly.server")
 
 _SEND_KEYS = frozenset(("bucket", "events", "event", "ack", "producer", "seq"))
-#: Sends to durable buckets one connection may have waiting for their commit before it stops
-#: reading more: the client's own pipelining (32 batches by default) fits, and a client that
-#: never reads its replies cannot make the server hold an unbounded number of batches.
-MAX_PIPELINED_SENDS = 64
 #: Work one connection does before the event loop turns to the others, in events (about a
 #: microsecond each in a typical handler): about 1 ms, so that a view on another connection
 #: waits little behind a producer sending 1,000-event batches. Measured (bench/run.py, view p99
@@ -109,16 +104,9 @@ WORK_PER_TURN = 1024
 #: What one frame counts for besides its events: a client pipelining thousands of tiny frames
 #: in one read gets 32 of them per turn.
 FRAME_COST = 32
-#: Permission decisions cached per connection; the cache is emptied when it reaches this size,
-#: so a client naming millions of buckets cannot grow it.
-MAX_CACHED_DECISIONS = 1024
 #: Seconds a closed connection may take to flush its last replies before it is cut: a peer that
 #: does not read must not keep a closing connection, and its buffer, forever.
 CLOSE_GRACE = 5.0
-#: Permissions that give sight of a bucket in ``list_buckets``.
-_BUCKET_PERMISSIONS = frozenset(
-    ["*", *(name for name, p in PERMISSIONS.items() if p.kind == "bucket")]
-)
 
 
 def _too_long(name: str) -> BadArgument:
@@ -159,18 +147,16 @@ class ServerConnection(asyncio.Protocol):
         self._frame_started: float | None = None
         #: The task of the async request in progress; later requests wait for it.
         self.busy: asyncio.Task[None] | None = None
-        #: Durable sends waiting for their commit ``(id, future, ack, cost)``, in order, and
-        #: the replies queued behind them; None when there are none (``_pipeline_send``).
-        self._pipeline: deque[bytes | tuple[int, asyncio.Future[Any], bool, int]] | None = None
-        #: What the sends in the pipeline can take in memory (``--max-connection-queue``).
-        self._pipeline_cost = 0
+        #: Durable sends waiting for their commit, in order, and the replies queued behind
+        #: them (pipeline.py); None when there are none (``_pipeline_send``).
+        self._pipeline: Pipeline | None = None
         #: A request read while pipelining that must wait for the pipeline (``_pipeline_more``).
         self._held: Request | ErrorReply | None = None
         self._reading_paused = False
         self._writing_paused = False
         #: A turn was yielded (``_yield_turn``): reading stays paused until it is taken.
         self._yielded = False
-        self._allowed: dict[tuple[str, str | None], bool] = {}
+        self._decisions = Decisions()
         self._grants_version = -1
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -411,7 +397,7 @@ class ServerConnection(asyncio.Protocol):
         if type(name) is not str:
             raise BadArgument("send: argument 'bucket' must be a string")
         if (
-            not self._allowed.get(("send", name))
+            not self._decisions.cache.get(("send", name))
             or self._grants_version != self.server.grants_version
         ):
             self._require("send", name, "send")
@@ -492,10 +478,9 @@ class ServerConnection(asyncio.Protocol):
         self, request_id: int, future: asyncio.Future[Any], ack: bool, cost: int
     ) -> None:
         if self._pipeline is None:
-            self._pipeline = deque()
+            self._pipeline = Pipeline(self.peer)
             self.busy = asyncio.get_running_loop().create_task(self._drain_pipeline())
-        self._pipeline.append((request_id, future, ack, cost))
-        self._pipeline_cost += cost
+        self._pipeline.add_send(request_id, future, ack, cost)
 
     def _pipelines(self, request: Request | ErrorReply) -> bool:
         """Whether ``request`` may join the pipeline: a send to a durable bucket with room."""
@@ -531,12 +516,7 @@ class ServerConnection(asyncio.Protocol):
         assert pipeline is not None
         protocol = self.protocol
         limit = self.server.config.max_connection_queue
-        while (
-            self._held is None
-            and len(pipeline) < MAX_PIPELINED_SENDS
-            and self._pipeline_cost < limit
-            and not self.closed
-        ):
+        while self._held is None and not pipeline.full(limit) and not self.closed:
             try:
                 request = protocol.next_request()
             except (FrameTooLarge, LimitExceeded):
@@ -548,7 +528,7 @@ class ServerConnection(asyncio.Protocol):
                 return
             reply = self._handle(request)  # type: ignore[arg-type]
             if reply is not None:  # an error, or a resend applied already: in its place
-                pipeline.append(reply)
+                pipeline.add_reply(reply)
 
     async def _drain_pipeline(self) -> None:
         try:
@@ -567,39 +547,19 @@ class ServerConnection(asyncio.Protocol):
         pipeline = self._pipeline
         assert pipeline is not None
         self._pipeline_more()  # what came in the same read as the first durable send
-        limit = self.server.config.max_frame_size
+        protocol = self.protocol
         while pipeline:
-            head = pipeline[0]
-            if type(head) is tuple:
+            head = pipeline.head()
+            if head is not None:
                 try:
-                    await asyncio.shield(head[1])  # shared with a resend that may wait too
+                    await asyncio.shield(head)  # shared with a resend that may wait too
                 except Exception:
-                    pass  # its error is the reply, below
-            out = []
-            while pipeline:
-                item = pipeline[0]
-                if type(item) is not tuple:
-                    out.append(pipeline.popleft())
-                    continue
-                request_id, future, ack, cost = item
-                if not future.done():
-                    break
-                pipeline.popleft()
-                self._pipeline_cost -= cost
-                exc = future.exception() if not future.cancelled() else InternalError("cancelled")
-                if exc is None:
-                    if ack:
-                        out.append(self.protocol.reply(request_id, future.result()))
-                elif isinstance(exc, BucketlyError):
-                    out.append(self.protocol.error(request_id, exc))
-                else:
-                    log.error("internal error in a durable send from %s", self.peer,
-                              exc_info=exc)
-                    out.append(self.protocol.error(request_id, InternalError("internal error")))
+                    pass  # its error is the reply, in take_ready
+            out = pipeline.take_ready(protocol)
             if out:
-                self._queue_or_drop(b"".join(out))  # type: ignore[arg-type]
+                self._queue_or_drop(b"".join(out))
             self._pipeline_more()
-            if self.protocol.buffered <= limit and not self._writing_paused:
+            if protocol.buffered <= protocol.max_buffered and not self._writing_paused:
                 self._resume_reading()
 
     # -- permissions ------------------------------------------------------------------------
@@ -625,16 +585,7 @@ class ServerConnection(asyncio.Protocol):
         user = self.user
         if user is None:
             return False
-        key = (permission, bucket)
-        cached = self._allowed.get(key)
-        if cached is None:
-            if len(self._allowed) >= MAX_CACHED_DECISIONS:
-                self._allowed.clear()
-            token = self.token_grants
-            cached = self._allowed[key] = _covers(user.grants, permission, bucket) and (
-                token is None or _covers(token, permission, bucket)
-            )
-        return cached
+        return self._decisions.allowed(user.grants, self.token_grants, permission, bucket)
 
     def can_see(self, bucket: str) -> bool:
         """Whether the user (and token) hold any per-bucket permission on ``bucket`` (for
@@ -642,7 +593,7 @@ class ServerConnection(asyncio.Protocol):
         if self.user is None:
             return False
         token = self.token_grants
-        return _sees(self.user.grants, bucket) and (token is None or _sees(token, bucket))
+        return sees(self.user.grants, bucket) and (token is None or sees(token, bucket))
 
     def require(self, permission: str, bucket: str | None, op: str) -> None:
         """Raise ``PermissionDenied`` (and audit it) unless the user holds ``permission``."""
@@ -677,7 +628,7 @@ class ServerConnection(asyncio.Protocol):
         token = self.server.db.tokens.get(token_id) if token_id is not None else None
         self.token_grants = token.grants if token is not None else None
         self._epoch = user.epoch
-        self._allowed.clear()
+        self._decisions.clear()
         self._grants_version = self.server.grants_version
         self.protocol.log_in()
         self.server.admission.logged_in(self)
@@ -687,7 +638,7 @@ class ServerConnection(asyncio.Protocol):
         self.user = None
         self.token_id = None
         self.token_grants = None
-        self._allowed.clear()
+        self._decisions.clear()
         self.protocol.log_out(time.monotonic())
         if not self.closed:
             self.server.admission.waiting(self, peer_key(self.peer_host))
@@ -699,11 +650,11 @@ class ServerConnection(asyncio.Protocol):
         self.token_id = None
         self.token_grants = None
         self._epoch = self.user.epoch
-        self._allowed.clear()
+        self._decisions.clear()
 
     def _refresh(self) -> None:
         server = self.server
-        self._allowed.clear()
+        self._decisions.clear()
         self._grants_version = server.grants_version
         user = self.user
         if user is not None and (
@@ -824,22 +775,6 @@ class ServerConnection(asyncio.Protocol):
     def _abort(self) -> None:
         if not self._lost and self.transport is not None:
             self.transport.abort()
-
-
-def _covers(grants: frozenset[tuple[str, str]] | set[tuple[str, str]], permission: str,
-            bucket: str | None) -> bool:
-    return any(
-        (granted == "*" or granted == permission)
-        and (bucket is None or fnmatch.fnmatchcase(bucket, pattern))
-        for granted, pattern in grants
-    )
-
-
-def _sees(grants: frozenset[tuple[str, str]] | set[tuple[str, str]], bucket: str) -> bool:
-    return any(
-        granted in _BUCKET_PERMISSIONS and fnmatch.fnmatchcase(bucket, pattern)
-        for granted, pattern in grants
-    )
 
 
 def _check_producer(producer: Any, seq: Any) -> tuple[str, int]:
