@@ -15,9 +15,9 @@ request sent before it on the same connection (a view after a send sees the send
 Sends to durable buckets are pipelined. Such a send is queued on the durable log and the
 connection becomes busy with a *pipeline* (``_drain_pipeline``): while the log writes, the
 connection goes on reading, and further sends to durable buckets join the pipeline (up to
-``pipeline.MAX_PIPELINED_SENDS``), so that they share the next commit. The first request of any other
-kind is *held*: it waits, with everything after it, until every send before it is on disk and
-applied. The replies of the pipeline are written in order as their commits complete.
+``pipeline.MAX_PIPELINED_SENDS``), so that they share the next commit. The first request of any
+other kind is *held*: it waits, with everything after it, until every send before it is on disk
+and applied. The replies of the pipeline are written in order as their commits complete.
 
 Memory (docs/security.md, "Memory"): the sans-I/O layer refuses, unread, a frame of more than
 ``max_frame_objects`` values, and each durable send is charged what it can take decoded
