@@ -13,7 +13,6 @@ import os
 import random
 import resource
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -615,47 +614,6 @@ def test_a_file_size_limit_refuses_durable_sends_only_and_then_recovers(
     servers.append(server := start(db))
     assert ledger(server) == [*range(100), *acked, "after"]  # nothing refused came back
     assert not set(refused) & set(acked)
-
-
-def test_a_full_file_system_refuses_durable_sends_until_space_returns(
-    tmp_path: Path, servers: list
-) -> None:
-    """A real full disk: a 2 MiB tmpfs (needs root to mount it; skipped otherwise)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        db = mount / "db.dat"
-        servers.append(server := start(db))
-        with server.client(batch_size=50) as client:
-            client.create_bucket("d", "Ledger", durable=True)
-            client.create_bucket("n", "Ledger")
-            filler = mount / "filler"
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                except OSError:
-                    pass
-            acked, refused = _fill_until_refused(client, 0)
-            client.send("n", "still works")
-            client.flush()
-            filler.unlink()
-            client.send_many("d", ["after"])
-            client.flush()
-        server.kill()
-        servers.append(server := start(db))
-        assert ledger(server) == [*acked, "after"]  # nothing refused came back
-        assert not set(refused) & set(acked)
-        server.stop()
-    finally:
-        for running in servers:
-            running.kill()
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # -- configuration ---------------------------------------------------------------------------------
