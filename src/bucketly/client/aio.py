@@ -1,8 +1,8 @@
 """``AsyncClient``: the asyncio client, with the same methods as ``Client`` (awaited).
 
-One reader task reads replies and settles the future of the request each belongs to; batches of
-buffered sends are pipelined, and resent after a broken connection, exactly as in the sync client
-(see ``bucketly.client.sync``).
+One reader task reads replies and settles the future of the request each belongs to; the batch
+buffer, the in-flight table, the resends after a broken connection and the settling of batches
+are the sans-I/O ``ClientCore`` (core.py) that the sync client uses too.
 """
 
 from __future__ import annotations
@@ -16,23 +16,18 @@ from ..errors import (
     BucketlyConnectionError,
     BucketlyError,
     ConnectionLost,
-    ProtocolError,
 )
-from ..protocol import ClientProtocol, ErrorReply, Greeting
+from ..protocol import ErrorReply
 from .commands import DEFAULT_HOST, DEFAULT_PORT, Commands
 from .common import (
-    CLIENT_MAX_FRAME_SIZE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_LINGER,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_TIMEOUT,
-    Batch,
-    Resends,
     auth_args,
-    check_greeting,
     client_ssl_context,
-    send_failure,
 )
+from .core import ClientCore
 
 __all__ = ["AsyncClient"]
 
@@ -65,7 +60,7 @@ class AsyncClient(Commands):
         self.host = host
         self.port = port
         self.user = user
-        self._password = password
+        #: The auth request's arguments: kept, password or token, to log in again on reconnect.
         self._auth = auth_args(user, password, token)
         self._ssl_context = client_ssl_context(tls)
         self.batch_size = batch_size
@@ -74,15 +69,10 @@ class AsyncClient(Commands):
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._protocol: ClientProtocol | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiters: dict[int, asyncio.Future[Any]] = {}
-        self._in_flight: dict[int, Batch] = {}
-        self._resends = Resends()
-        self._batch_bucket: str | None = None
-        self._batch: list[Any] = []
+        self._core = ClientCore(f"{host}:{port}")
         self._linger_handle: asyncio.TimerHandle | None = None
-        self._failures: list[BucketlyError] = []
         self._lost: ConnectionLost | None = None
         self._connecting = asyncio.Lock()
         self._closed = False
@@ -117,16 +107,15 @@ class AsyncClient(Commands):
                 raise BucketlyConnectionError(
                     f"cannot connect to bucketlyd at {self.host}:{self.port}: {exc}"
                 ) from None
-            protocol = ClientProtocol(max_frame_size=CLIENT_MAX_FRAME_SIZE)
+            core = self._core
+            core.connection_made()
             try:
-                greeting = await asyncio.wait_for(
-                    self._read_greeting(reader, protocol), self.timeout
-                )
+                await asyncio.wait_for(self._read_greeting(reader), self.timeout)
             except BaseException:
+                core.protocol = None
                 writer.close()
                 raise
-            check_greeting(greeting)
-            self._reader, self._writer, self._protocol = reader, writer, protocol
+            self._reader, self._writer = reader, writer
             self._lost = None
             self._reader_task = asyncio.get_running_loop().create_task(self._read_replies())
             if self._auth is not None:
@@ -136,25 +125,18 @@ class AsyncClient(Commands):
                     await self._disconnect()  # a refused login leaves no connection behind
                     raise
             # What was in flight when the last connection broke goes first, in order.
-            while self._resends.kept and self._writer is not None:
-                self._write(self._resends.kept.pop(0))
+            while self._writer is not None and (resend := core.next_resend()) is not None:
+                self._write(*resend)
                 await self._drain()
 
-    async def _read_greeting(
-        self, reader: asyncio.StreamReader, protocol: ClientProtocol
-    ) -> Greeting:
-        while True:
-            message = protocol.next_event()
-            if isinstance(message, Greeting):
-                return message
-            if isinstance(message, ErrorReply):
-                raise message.to_exception()
-            if message is not None:
-                raise ProtocolError("the server did not greet first")
+    async def _read_greeting(self, reader: asyncio.StreamReader) -> None:
+        core = self._core
+        assert core.protocol is not None
+        while core.greeting() is None:
             data = await reader.read(_READ_SIZE)
             if not data:
                 raise BucketlyConnectionError("the server closed the connection before greeting")
-            protocol.receive_data(data)
+            core.protocol.receive_data(data)
 
     async def close(self) -> None:
         """Flush what is buffered, wait for its acknowledgement, and close. Idempotent.
@@ -165,12 +147,12 @@ class AsyncClient(Commands):
         """
         if self._closed:
             return
+        core = self._core
         try:
-            if self._writer is not None or self._batch or self._resends.kept:
+            if self._writer is not None or core.batch or core.resends.kept:
                 await self.flush()
         except BucketlyConnectionError as exc:
-            error = self._resends.closing_error(exc, (self._batch_bucket, self._batch))
-            self._batch = []
+            error = core.closing_error(exc)
             raise error from error.__cause__
         finally:
             self._closed = True
@@ -194,73 +176,65 @@ class AsyncClient(Commands):
 
     async def send(self, bucket: str, event: Any) -> None:
         """Queue ``event`` for ``bucket``; see ``Client.send``."""
-        if self._batch_bucket != bucket and self._batch:
-            await self._write_batch()
-        self._batch_bucket = bucket
-        if not self._batch:
-            self._arm_linger()
-        self._batch.append(event)
-        if len(self._batch) >= self.batch_size:
-            await self._write_batch()
+        core = self._core
+        batch = core.batch
+        if batch and core.batch_bucket == bucket:
+            batch.append(event)
+            if len(batch) >= self.batch_size:
+                await self._write_batch()
+            return
+        await self.send_many(bucket, [event])
 
     async def send_many(self, bucket: str, events: list[Any]) -> None:
         """Queue many events for ``bucket``; see ``Client.send_many``."""
-        if self._batch_bucket != bucket and self._batch:
-            await self._write_batch()
-        self._batch_bucket = bucket
-        if not self._batch:
+        core = self._core
+        loop = asyncio.get_running_loop()
+        if core.start_batch(bucket, loop.time()):
+            await self._write_batch()  # another bucket's batch goes first, in order
+            core.start_batch(bucket, loop.time())
+        if not core.batch:
             self._arm_linger()
-        self._batch.extend(events)
-        while len(self._batch) >= self.batch_size:
+        core.batch.extend(events)
+        while len(core.batch) >= self.batch_size:
             await self._write_batch(self.batch_size)
 
     async def flush(self) -> None:
         """Write everything buffered; return once all of it is acknowledged (see ``Client``)."""
-        if self._batch:
+        core = self._core
+        if core.batch:
             await self._write_batch()
-        elif self._resends.kept:
+        elif core.resends.kept:
             self._raise_lost()
             await self._ensure_connected()  # which resends them
-        waiters = [self._waiters[i] for i in self._in_flight if i in self._waiters]
+        waiters = [self._waiters[i] for i in core.in_flight if i in self._waiters]
         if waiters:
             await asyncio.wait(waiters)
         self._raise_lost()
-        if self._failures:
-            first, *rest = self._failures
-            self._failures = []
-            if rest:
-                first.message += f" (and {len(rest)} more failed batches)"
-                first.args = (first.message,)
-            raise first
+        core.raise_failures()
 
     async def _write_batch(self, size: int | None = None) -> None:
         # Report a lost connection, and connect, before the events leave the buffer: a batch
         # that could not be written stays buffered instead of vanishing.
         self._raise_lost()
         await self._ensure_connected()
-        if size is None or size >= len(self._batch):
-            events, self._batch = self._batch, []
-        else:
-            events, self._batch = self._batch[:size], self._batch[size:]
-        if self._linger_handle is not None and not self._batch:
+        core = self._core
+        request_id, frame = core.take_batch(size)
+        if self._linger_handle is not None and not core.batch:
             self._linger_handle.cancel()
             self._linger_handle = None
-        bucket = self._batch_bucket
-        assert bucket is not None
-        self._write(self._resends.new_batch(bucket, events))
+        self._write(request_id, frame)
         await self._drain()
-        if len(self._in_flight) > self.max_in_flight:
-            oldest = self._waiters.get(next(iter(self._in_flight)))
+        if len(core.in_flight) > self.max_in_flight:
+            oldest = self._waiters.get(next(iter(core.in_flight)))
             if oldest is not None:
                 await asyncio.wait([oldest])
         self._raise_lost()
 
-    def _write(self, batch: Batch) -> None:
-        assert self._protocol is not None and self._writer is not None
-        request_id, data = self._protocol.send_request("send", self._resends.args(batch))
-        self._in_flight[request_id] = batch
+    def _write(self, request_id: int, frame: bytes) -> None:
+        """Write a batch's frame, with a future for its reply."""
+        assert self._writer is not None
         self._waiters[request_id] = asyncio.get_running_loop().create_future()
-        self._writer.write(data)
+        self._writer.write(frame)
 
     def _arm_linger(self) -> None:
         if self._linger_handle is None:
@@ -271,7 +245,7 @@ class AsyncClient(Commands):
         self._linger_handle = None
         # Only when connected: reconnecting, or reporting a lost connection, is for a call
         # made by the user, who can see the error.
-        if self._batch and self._writer is not None and self._lost is None:
+        if self._core.batch and self._writer is not None and self._lost is None:
             task = asyncio.get_running_loop().create_task(self._write_batch())
             task.add_done_callback(self._linger_done)
 
@@ -281,20 +255,20 @@ class AsyncClient(Commands):
         if isinstance(exc, BucketlyError) and not (
             isinstance(exc, ConnectionLost) and not exc.unacknowledged
         ):
-            self._failures.append(exc)
+            self._core.failures.append(exc)
 
     # -- requests -----------------------------------------------------------------------------
 
     async def _call(self, op: str, args: dict[str, Any]) -> Any:
-        if self._batch:
+        if self._core.batch:
             await self._write_batch()
         self._raise_lost()
         await self._ensure_connected()
         return await self._request(op, args)
 
     async def _request(self, op: str, args: dict[str, Any]) -> Any:
-        assert self._protocol is not None and self._writer is not None
-        request_id, data = self._protocol.send_request(op, args)
+        assert self._writer is not None
+        request_id, data = self._core.request(op, args)
         future = self._waiters[request_id] = asyncio.get_running_loop().create_future()
         self._writer.write(data)
         await self._drain()
@@ -327,7 +301,8 @@ class AsyncClient(Commands):
             await self.connect()
 
     async def _read_replies(self) -> None:
-        reader, protocol = self._reader, self._protocol
+        reader, core = self._reader, self._core
+        protocol = core.protocol
         assert reader is not None and protocol is not None
         cause: BaseException | None = None
         try:
@@ -336,16 +311,8 @@ class AsyncClient(Commands):
                 if not data:
                     break
                 protocol.receive_data(data)
-                while (message := protocol.next_event()) is not None:
-                    if isinstance(message, Greeting):
-                        raise ProtocolError("the server sent a second greeting")
-                    if message.id is None:
-                        raise message.to_exception()
-                    batch = self._in_flight.pop(message.id, None)
-                    if batch is not None and isinstance(message, ErrorReply):
-                        self._failures.append(
-                            send_failure(message, batch.bucket, batch.events)
-                        )
+                while (message := core.next_reply()) is not None:
+                    assert message.id is not None  # next_reply raises an error without one
                     future = self._waiters.pop(message.id, None)
                     if future is not None and not future.done():
                         future.set_result(message)
@@ -359,9 +326,7 @@ class AsyncClient(Commands):
 
     def _lose(self, cause: BaseException | None) -> None:
         """The connection is gone: keep in-flight batches to resend, fail waiting requests."""
-        in_flight = list(self._in_flight.values())
-        self._in_flight.clear()
-        lost = self._resends.lost(in_flight, f"{self.host}:{self.port}", cause)
+        lost = self._core.connection_lost(cause)
         if self._lost is None:
             self._lost = lost
         else:

@@ -1,13 +1,12 @@
-"""What the sync and asyncio clients share besides the commands: defaults and checks."""
+"""What the sync and asyncio clients share besides the commands and their core (core.py):
+defaults and checks."""
 
 from __future__ import annotations
 
 import ssl
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BucketlyConnectionError, BucketlyError, ConnectionLost, ProtocolError
+from ..errors import BucketlyError, ProtocolError
 from ..protocol import PROTOCOL_VERSION, ErrorReply, Greeting
 
 __all__ = [
@@ -17,8 +16,6 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_TIMEOUT",
     "RESEND_LIMIT",
-    "Batch",
-    "Resends",
     "auth_args",
     "check_greeting",
     "client_ssl_context",
@@ -44,98 +41,6 @@ CLIENT_MAX_FRAME_SIZE = 1 << 30
 #: user in ``ConnectionLost.unacknowledged``) instead of resent again: a batch that keeps
 #: breaking connections may itself be the cause.
 RESEND_LIMIT = 3
-
-
-@dataclass(slots=True, eq=False)
-class Batch:
-    """Events written as one ``send`` frame, kept until the server acknowledges them."""
-
-    bucket: str
-    events: list[Any]
-    #: Its sequence number from this client's producer id: the server applies it only once.
-    seq: int
-    #: Connections it was in flight on that broke before its acknowledgement.
-    losses: int = 0
-
-
-class Resends:
-    """The client's producer id, its batch numbers, and the batches to resend on reconnect.
-
-    Shared by ``Client`` and ``AsyncClient``. Every batch carries ``(producer, seq)``; when a
-    connection breaks, the batches in flight on it are kept and written first on the next one,
-    and the server acknowledges those it had applied already without applying them again. So a
-    broken connection neither loses nor doubles events.
-    """
-
-    def __init__(self) -> None:
-        #: Random per client object: the server keeps, per bucket, the last seq applied for it.
-        self.producer = uuid.uuid4().hex
-        self._last_seq = 0
-        #: Batches to write before anything else on the next connection, in seq order.
-        self.kept: list[Batch] = []
-
-    def new_batch(self, bucket: str, events: list[Any]) -> Batch:
-        self._last_seq += 1
-        return Batch(bucket, events, self._last_seq)
-
-    def args(self, batch: Batch) -> dict[str, Any]:
-        return {
-            "bucket": batch.bucket,
-            "events": batch.events,
-            "producer": self.producer,
-            "seq": batch.seq,
-        }
-
-    def lost(self, in_flight: list[Batch], where: str, cause: BaseException | None
-             ) -> ConnectionLost:
-        """Keep ``in_flight`` for resending (up to ``RESEND_LIMIT``); the error to raise."""
-        given_up = []
-        for batch in in_flight:
-            batch.losses += 1
-            if batch.losses > RESEND_LIMIT:
-                given_up.append(batch)
-            else:
-                self.kept.append(batch)
-        self.kept.sort(key=lambda b: b.seq)
-        reason = f": {cause}" if cause else ": the server closed the connection"
-        message = f"lost the connection to {where}{reason}"
-        kept = sum(len(b.events) for b in self.kept)
-        if kept:
-            message += f"; {kept} events not acknowledged yet will be resent on reconnecting"
-        if given_up:
-            message += (
-                f"; {sum(len(b.events) for b in given_up)} events were in flight on "
-                f"{RESEND_LIMIT + 1} broken connections and are given up: see unacknowledged"
-            )
-        return ConnectionLost(
-            message, unacknowledged=[(b.bucket, b.events) for b in given_up]
-        )
-
-    def abandon(self, buffered: tuple[str | None, list[Any]]) -> list[tuple[str, list[Any]]]:
-        """Give up everything kept, and the buffered events; return them (closing)."""
-        left = [(b.bucket, b.events) for b in self.kept]
-        self.kept = []
-        bucket, events = buffered
-        if events and bucket is not None:
-            left.append((bucket, list(events)))
-        return left
-
-    def closing_error(
-        self, exc: BucketlyConnectionError, buffered: tuple[str | None, list[Any]]
-    ) -> BucketlyConnectionError:
-        """What ``close()`` raises when ``exc`` stopped its final flush: a ``ConnectionLost``
-        listing everything not delivered, or ``exc`` itself if nothing was left."""
-        left = self.abandon(buffered)
-        if isinstance(exc, ConnectionLost):
-            left = exc.unacknowledged + left
-        if not left:
-            return exc
-        lost = ConnectionLost(
-            f"closed without delivering {sum(len(e) for _, e in left)} events: {exc}",
-            unacknowledged=left,
-        )
-        lost.__cause__ = exc
-        return lost
 
 
 def client_ssl_context(tls: ssl.SSLContext | bool | None) -> ssl.SSLContext | None:

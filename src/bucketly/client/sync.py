@@ -7,12 +7,10 @@ Batches are pipelined: the client does not wait for each acknowledgement, it kee
 ``_in_flight`` until the server's reply arrives, reading replies as it goes and blocking only
 when more than ``max_in_flight`` batches await theirs. ``flush()`` waits for all of them.
 
-Every batch carries the client's producer id and a sequence number. If the connection breaks,
-the call that finds out raises ``ConnectionLost``; the batches that were in flight are kept, and
-the next call reconnects and writes them again before anything else. The server recognises the
-batches it had applied already and acknowledges them without applying them twice. A batch is
-handed to you (``ConnectionLost.unacknowledged``) only when it was in flight on ``RESEND_LIMIT +
-1`` broken connections, or when ``close()`` cannot deliver it.
+The batch buffer, the in-flight table, the resends after a broken connection and the settling
+of replies live in the sans-I/O ``ClientCore`` (core.py), shared with ``AsyncClient``; this
+class moves its bytes over a socket, under one lock. If the connection breaks, the call that
+finds out raises ``ConnectionLost``, and the next call reconnects and resends.
 """
 
 from __future__ import annotations
@@ -29,23 +27,18 @@ from ..errors import (
     BucketlyError,
     ConnectionLost,
     ConnectionRefusedByServer,
-    ProtocolError,
 )
-from ..protocol import ClientProtocol, ErrorReply, Greeting, Reply
+from ..protocol import ErrorReply, Reply
 from .commands import DEFAULT_HOST, DEFAULT_PORT, Commands
 from .common import (
-    CLIENT_MAX_FRAME_SIZE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_LINGER,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_TIMEOUT,
-    Batch,
-    Resends,
     auth_args,
-    check_greeting,
     client_ssl_context,
-    send_failure,
 )
+from .core import ClientCore
 
 __all__ = ["Client"]
 
@@ -81,7 +74,7 @@ class Client(Commands):
         self.host = host
         self.port = port
         self.user = user
-        self._password = password
+        #: The auth request's arguments: kept, password or token, to log in again on reconnect.
         self._auth = auth_args(user, password, token)
         self._ssl_context = client_ssl_context(tls)
         self.batch_size = batch_size
@@ -90,13 +83,7 @@ class Client(Commands):
         self.timeout = timeout
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
-        self._protocol: ClientProtocol | None = None
-        self._batch_bucket: str | None = None
-        self._batch: list[Any] = []
-        self._batch_started = 0.0
-        self._in_flight: dict[int, Batch] = {}
-        self._resends = Resends()
-        self._failures: list[BucketlyError] = []
+        self._core = ClientCore(f"{host}:{port}")
         self._closed = False
         self._linger_wakeup = threading.Condition(self._lock)
         self._linger_thread: threading.Thread | None = None
@@ -131,19 +118,16 @@ class Client(Commands):
                         f"TLS with bucketlyd at {self.host}:{self.port} failed: {exc}"
                     ) from None
             self._sock = sock
-            self._protocol = ClientProtocol(max_frame_size=CLIENT_MAX_FRAME_SIZE)
+            core = self._core
+            core.connection_made()
             try:
-                greeting = self._next_message()
-                if isinstance(greeting, ErrorReply):
-                    raise greeting.to_exception()
-                if not isinstance(greeting, Greeting):
-                    raise ProtocolError("the server did not greet first")
-                check_greeting(greeting)
+                while core.greeting() is None:
+                    self._receive()
                 if self._auth is not None:
                     self.session = self._request("auth", self._auth)
                 # What was in flight when the last connection broke goes first, in order.
-                while self._resends.kept:
-                    self._write(self._resends.kept.pop(0))
+                while (resend := core.next_resend()) is not None:
+                    self._write(resend[1])
             except BaseException:
                 self._drop_socket()
                 raise
@@ -159,12 +143,12 @@ class Client(Commands):
         with self._lock:
             if self._closed:
                 return
+            core = self._core
             try:
-                if self._sock is not None or self._batch or self._resends.kept:
+                if self._sock is not None or core.batch or core.resends.kept:
                     self.flush()
             except BucketlyConnectionError as exc:
-                error = self._resends.closing_error(exc, (self._batch_bucket, self._batch))
-                self._batch = []
+                error = core.closing_error(exc)
                 raise error from error.__cause__
             finally:
                 self._closed = True
@@ -196,19 +180,19 @@ class Client(Commands):
         lock = self._lock
         lock.acquire()
         try:
-            batch = self._batch
-            if batch and self._batch_bucket == bucket:
+            core = self._core
+            batch = core.batch
+            if batch and core.batch_bucket == bucket:
                 batch.append(event)
                 if len(batch) >= self.batch_size:
                     self._write_batch()
                 return
             if batch:
                 self._write_batch()  # another bucket's batch goes first, in order
-            self._batch_bucket = bucket
-            self._batch_started = time.monotonic()
+            core.start_batch(bucket, time.monotonic())
             self._start_linger()
-            self._batch.append(event)
-            if len(self._batch) >= self.batch_size:
+            core.batch.append(event)
+            if len(core.batch) >= self.batch_size:
                 self._write_batch()
         finally:
             lock.release()
@@ -216,14 +200,14 @@ class Client(Commands):
     def send_many(self, bucket: str, events: list[Any]) -> None:
         """Queue many events for ``bucket`` (the same as ``send`` for each, only faster)."""
         with self._lock:
-            if self._batch_bucket != bucket and self._batch:
-                self._write_batch()
-            self._batch_bucket = bucket
-            if not self._batch:
-                self._batch_started = time.monotonic()
+            core = self._core
+            if core.start_batch(bucket, time.monotonic()):
+                self._write_batch()  # another bucket's batch goes first, in order
+                core.start_batch(bucket, time.monotonic())
+            if not core.batch:
                 self._start_linger()
-            self._batch.extend(events)
-            while len(self._batch) >= self.batch_size:
+            core.batch.extend(events)
+            while len(core.batch) >= self.batch_size:
                 self._write_batch(self.batch_size)
 
     def flush(self) -> None:
@@ -233,86 +217,71 @@ class Client(Commands):
         and ``events`` attributes say what was refused), or ``ConnectionLost``.
         """
         with self._lock:
-            if self._batch:
+            core = self._core
+            if core.batch:
                 self._write_batch()
-            elif self._resends.kept:
+            elif core.resends.kept:
                 self._ensure_connected()  # which resends them
-            while self._in_flight:
+            while core.in_flight:
                 self._read_one()
-            self._raise_failures()
+            core.raise_failures()
 
     def _write_batch(self, size: int | None = None) -> None:
         # Connect before the events leave the buffer: if that fails, they stay buffered.
         self._ensure_connected()
-        if size is None or size >= len(self._batch):
-            events, self._batch = self._batch, []
-        else:
-            events, self._batch = self._batch[:size], self._batch[size:]
-        bucket = self._batch_bucket
-        assert bucket is not None
-        self._write(self._resends.new_batch(bucket, events))
+        self._write(self._core.take_batch(size)[1])
 
-    def _write(self, batch: Batch) -> None:
-        assert self._protocol is not None
-        request_id, data = self._protocol.send_request("send", self._resends.args(batch))
-        self._in_flight[request_id] = batch
-        self._sendall(data)
-        while len(self._in_flight) > self.max_in_flight:
+    def _write(self, frame: bytes) -> None:
+        """Write a batch's frame; wait for replies while too many batches are in flight."""
+        self._sendall(frame)
+        while len(self._core.in_flight) > self.max_in_flight:
             self._read_one()
 
     # -- requests -----------------------------------------------------------------------------
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
         with self._lock:
-            if self._batch:
+            if self._core.batch:
                 self._write_batch()
             self._ensure_connected()
             return self._request(op, args)
 
     def _request(self, op: str, args: dict[str, Any]) -> Any:
-        assert self._protocol is not None
-        request_id, data = self._protocol.send_request(op, args)
+        request_id, data = self._core.request(op, args)
         self._sendall(data)
         while True:
             message = self._read_one()
-            if message is not None and message.id == request_id:
+            if message.id == request_id:
                 if isinstance(message, ErrorReply):
                     raise message.to_exception()
                 return message.result
 
-    def _read_one(self) -> Reply | ErrorReply | None:
-        """Read one reply; settle it if it acknowledges a batch. Returns it."""
-        message = self._next_message()
-        if isinstance(message, Greeting):
-            raise ProtocolError("the server sent a second greeting")
-        if message.id is None:
-            exc = message.to_exception()
-            if isinstance(exc, ConnectionRefusedByServer):
-                self._connection_lost(exc)
-            raise exc
-        batch = self._in_flight.pop(message.id, None)
-        if batch is not None and isinstance(message, ErrorReply):
-            self._failures.append(send_failure(message, batch.bucket, batch.events))
-        return message
-
-    def _next_message(self) -> Greeting | Reply | ErrorReply:
-        protocol, sock = self._protocol, self._sock
-        assert protocol is not None and sock is not None
+    def _read_one(self) -> Reply | ErrorReply:
+        """Read one reply (the core settles it if it acknowledges a batch). Returns it."""
+        core = self._core
         while True:
-            message = protocol.next_event()
+            try:
+                message = core.next_reply()
+            except ConnectionRefusedByServer as exc:
+                self._connection_lost(exc)
             if message is not None:
                 return message
-            try:
-                data = sock.recv(_READ_SIZE)
-            except TimeoutError:
-                self._connection_lost(
-                    BucketlyConnectionError(f"no reply from the server within {self.timeout}s")
-                )
-            except OSError as exc:
-                self._connection_lost(exc)
-            if not data:
-                self._connection_lost(None)
-            protocol.receive_data(data)
+            self._receive()
+
+    def _receive(self) -> None:
+        sock, protocol = self._sock, self._core.protocol
+        assert sock is not None and protocol is not None
+        try:
+            data = sock.recv(_READ_SIZE)
+        except TimeoutError:
+            self._connection_lost(
+                BucketlyConnectionError(f"no reply from the server within {self.timeout}s")
+            )
+        except OSError as exc:
+            self._connection_lost(exc)
+        if not data:
+            self._connection_lost(None)
+        protocol.receive_data(data)
 
     def _sendall(self, data: bytes) -> None:
         assert self._sock is not None
@@ -326,10 +295,8 @@ class Client(Commands):
             self.connect()
 
     def _connection_lost(self, cause: BaseException | None) -> Any:
-        in_flight = list(self._in_flight.values())
-        self._in_flight.clear()
         self._drop_socket()
-        raise self._resends.lost(in_flight, f"{self.host}:{self.port}", cause) from cause
+        raise self._core.connection_lost(cause) from cause
 
     def _drop_socket(self) -> None:
         if self._sock is not None:
@@ -337,16 +304,7 @@ class Client(Commands):
                 self._sock.close()
             finally:
                 self._sock = None
-                self._protocol = None
-
-    def _raise_failures(self) -> None:
-        if self._failures:
-            first, *rest = self._failures
-            self._failures = []
-            if rest:
-                first.message += f" (and {len(rest)} more failed batches)"
-                first.args = (first.message,)
-            raise first
+                self._core.protocol = None
 
     # -- linger -------------------------------------------------------------------------------
 
@@ -366,14 +324,15 @@ class Client(Commands):
         # Leave Ctrl-C to the main thread, where KeyboardInterrupt can interrupt the user's call.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        core = self._core
         with self._lock:
             while not self._closed:
-                if not self._batch:
+                if not core.batch:
                     # A batch started after this wait began is due no sooner than ``linger``
                     # after it started, so polling at that period never writes one late.
                     self._linger_wakeup.wait(self.linger)
                     continue
-                due = self._batch_started + self.linger - time.monotonic()
+                due = core.due(time.monotonic(), self.linger)
                 if due > 0:
                     self._linger_wakeup.wait(due)
                     continue
@@ -389,7 +348,7 @@ class Client(Commands):
                     # the user's next call rather than retry in a tight loop. A lost connection
                     # that lost nothing is not an error: that call reconnects and resends.
                     if not (isinstance(exc, ConnectionLost) and not exc.unacknowledged):
-                        self._failures.append(exc)
+                        core.failures.append(exc)
                     self._park()
 
     def _park(self) -> None:
