@@ -14,8 +14,8 @@ import pytest
 
 import bucketly
 from bucketly.errors import AuthFailed, AuthRequired, PermissionDenied
-from bucketly.store.database import MIGRATIONS
 from bucketly.store.passwords import hash_password
+from bucketly.store.schema import MIGRATIONS
 from bucketly.store.tokens import hash_token_secret, new_token_secret, token_string
 from bucketly.testing import RunningServer, run_server
 

@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,15 +24,10 @@ from ..protocol.messages import pack, unpack
 from . import journal
 from .mark import MarkFile
 from .passwords import hash_password
+from .rows import INITIAL_ADMIN, AuditEntry, BucketRow, TokenRow, UserRow, grants_column
+from .schema import MIGRATIONS
 
-__all__ = [
-    "MIGRATIONS",
-    "AuditEntry",
-    "BucketRow",
-    "Database",
-    "TokenRow",
-    "UserRow",
-]
+__all__ = ["Database"]
 
 log = logging.getLogger("bucketly.store")
 
@@ -44,178 +38,6 @@ T = TypeVar("T")
 #: second; 8,000 (up to 32 MiB of WAL) took 7% less server CPU per durable event (0.62 -> 0.57
 #: CPU-s per million events, bench/run.py's workload).
 WAL_AUTOCHECKPOINT_PAGES = 8000
-
-#: Numbered schema migrations. Never edit a released one: append a new one.
-MIGRATIONS: list[tuple[int, str]] = [
-    (
-        1,
-        """
-        CREATE TABLE buckets (
-            name        TEXT PRIMARY KEY,
-            handler     TEXT NOT NULL,
-            config      BLOB NOT NULL,          -- MessagePack map
-            durable     INTEGER NOT NULL DEFAULT 0,
-            created_at  REAL NOT NULL
-        );
-        CREATE TABLE users (
-            name              TEXT PRIMARY KEY,
-            password_hash     TEXT NOT NULL,
-            default_password  INTEGER NOT NULL DEFAULT 0,  -- still the initial admin/admin
-            created_at        REAL NOT NULL
-        );
-        CREATE TABLE grants (
-            user        TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-            permission  TEXT NOT NULL,
-            pattern     TEXT NOT NULL,
-            PRIMARY KEY (user, permission, pattern)
-        );
-        """,
-    ),
-    (
-        2,
-        """
-        CREATE TABLE tokens (
-            id           INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused after a revoke
-            user         TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-            name         TEXT,
-            secret_hash  BLOB NOT NULL,                       -- SHA-256 of the token's secret
-            created_at   REAL NOT NULL
-        );
-        CREATE TABLE audit (
-            id      INTEGER PRIMARY KEY,
-            at      REAL NOT NULL,       -- Unix time of the first of `count` identical entries
-            event   TEXT NOT NULL,       -- login_failed, permission_denied, user_created...
-            user    TEXT,                -- who: the (claimed) user, or the acting one
-            peer    TEXT,                -- from where: the client's IP address
-            detail  TEXT NOT NULL,       -- what, never a password or token
-            count   INTEGER NOT NULL DEFAULT 1
-        );
-        """,
-    ),
-    (
-        3,
-        # Durable buckets' journals (bucketly.store.journal): their records and snapshots.
-        """
-        CREATE TABLE durable_log (
-            id            INTEGER PRIMARY KEY,
-            bucket        TEXT NOT NULL,
-            seq           INTEGER NOT NULL,   -- 1, 2, ... per bucket, in the order applied
-            producer      TEXT,               -- the sending client's producer id, if it gave one
-            producer_seq  INTEGER,            -- its sequence number for this batch
-            events        BLOB NOT NULL,      -- the batch: a MessagePack array
-            checksum      INTEGER NOT NULL,   -- CRC-32 of the fields above
-            UNIQUE (bucket, seq)
-        );
-        CREATE TABLE durable_snapshots (
-            bucket      TEXT PRIMARY KEY,
-            seq         INTEGER NOT NULL,     -- the last log record it covers (deleted since)
-            events      INTEGER NOT NULL,     -- events applied up to that record
-            state       BLOB NOT NULL,        -- the handler's snapshot(), tagged MessagePack
-            producers   BLOB NOT NULL,        -- MessagePack map: producer id -> last seq applied
-            checksum    INTEGER NOT NULL,     -- CRC-32 of the fields above
-            created_at  REAL NOT NULL
-        );
-        """,
-    ),
-    (
-        4,
-        # What it takes to know the file is whole (store/mark.py, durability.md "Damage").
-        """
-        CREATE TABLE file_mark (
-            id       INTEGER PRIMARY KEY CHECK (id = 1),
-            file_id  TEXT NOT NULL,     -- random, once: tells this file's mark from another's
-            commits  INTEGER NOT NULL   -- write transactions committed (DATABASE-mark has it too)
-        );
-        INSERT INTO file_mark VALUES (1, lower(hex(randomblob(16))), 0);
-        CREATE TABLE durable_heads (
-            bucket  TEXT PRIMARY KEY,
-            seq     INTEGER NOT NULL    -- the newest record committed: recovery must reach it
-        );
-        INSERT INTO durable_heads
-            SELECT bucket, max(seq) FROM (
-                SELECT bucket, seq FROM durable_log
-                UNION ALL SELECT bucket, seq FROM durable_snapshots
-            ) GROUP BY bucket
-        """,
-    ),
-    (
-        5,
-        # Tokens narrowed to some of their owner's grants, and tokens that expire (security.md).
-        """
-        -- grants: MessagePack [[permission, pattern], ...], or NULL for all of the owner's.
-        -- expires_at: Unix time, or NULL for never.
-        ALTER TABLE tokens ADD COLUMN grants BLOB;
-        ALTER TABLE tokens ADD COLUMN expires_at REAL;
-        """,
-    ),
-]
-
-#: The user created in an empty database file, and the password it starts with.
-INITIAL_ADMIN = ("admin", "admin")
-
-
-@dataclass(slots=True)
-class BucketRow:
-    name: str
-    handler: str
-    config: dict[str, Any]
-    durable: bool
-    created_at: float
-
-
-@dataclass(slots=True)
-class UserRow:
-    name: str
-    password_hash: str
-    default_password: bool
-    created_at: float
-    #: (permission, bucket-name pattern) pairs; ``("*", "*")`` is everything.
-    grants: set[tuple[str, str]] = field(default_factory=set)
-    #: Bumped by every password change (in memory only: no login outlives a restart), so that
-    #: connections logged in before it can tell and end (``server/connection.py``).
-    epoch: int = 0
-
-
-@dataclass(slots=True)
-class TokenRow:
-    id: int
-    user: str
-    name: str | None
-    secret_hash: bytes
-    created_at: float
-    #: The (permission, pattern) grants the token is narrowed to, of its owner's; None: all.
-    grants: frozenset[tuple[str, str]] | None = None
-    #: When it stops working (Unix time); None: never.
-    expires_at: float | None = None
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "user": self.user,
-            "name": self.name,
-            "created_at": self.created_at,
-            "grants": None if self.grants is None else [
-                {"permission": p, "pattern": pattern} for p, pattern in sorted(self.grants)
-            ],
-            "expires_at": self.expires_at,
-        }
-
-
-def _grants_column(grants: frozenset[tuple[str, str]] | None) -> bytes | None:
-    return None if grants is None else pack(sorted([p, pattern] for p, pattern in grants))
-
-
-@dataclass(slots=True)
-class AuditEntry:
-    at: float
-    event: str
-    user: str | None
-    peer: str | None
-    detail: str
-    count: int = 1
 
 
 class Database:
@@ -567,7 +389,7 @@ class Database:
             lambda c: c.execute(
                 "INSERT INTO tokens (user, name, secret_hash, created_at, grants, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (user, name, secret_hash, created_at, _grants_column(grants), expires_at),
+                (user, name, secret_hash, created_at, grants_column(grants), expires_at),
             )
         )
         assert cursor.lastrowid is not None

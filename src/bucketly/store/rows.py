@@ -1,0 +1,81 @@
+"""The rows of the database file as the server reads them: plain objects, in memory.
+
+``Database`` loads them at start-up and updates them after each committed write (database.py);
+everything else reads them without touching SQLite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol.messages import pack
+
+__all__ = ["INITIAL_ADMIN", "AuditEntry", "BucketRow", "TokenRow", "UserRow", "grants_column"]
+
+#: The user created in an empty database file, and the password it starts with.
+INITIAL_ADMIN = ("admin", "admin")
+
+
+@dataclass(slots=True)
+class BucketRow:
+    name: str
+    handler: str
+    config: dict[str, Any]
+    durable: bool
+    created_at: float
+
+
+@dataclass(slots=True)
+class UserRow:
+    name: str
+    password_hash: str
+    default_password: bool
+    created_at: float
+    #: (permission, bucket-name pattern) pairs; ``("*", "*")`` is everything.
+    grants: set[tuple[str, str]] = field(default_factory=set)
+    #: Bumped by every password change (in memory only: no login outlives a restart), so that
+    #: connections logged in before it can tell and end (``server/connection.py``).
+    epoch: int = 0
+
+
+@dataclass(slots=True)
+class TokenRow:
+    id: int
+    user: str
+    name: str | None
+    secret_hash: bytes
+    created_at: float
+    #: The (permission, pattern) grants the token is narrowed to, of its owner's; None: all.
+    grants: frozenset[tuple[str, str]] | None = None
+    #: When it stops working (Unix time); None: never.
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "name": self.name,
+            "created_at": self.created_at,
+            "grants": None if self.grants is None else [
+                {"permission": p, "pattern": pattern} for p, pattern in sorted(self.grants)
+            ],
+            "expires_at": self.expires_at,
+        }
+
+
+def grants_column(grants: frozenset[tuple[str, str]] | None) -> bytes | None:
+    return None if grants is None else pack(sorted([p, pattern] for p, pattern in grants))
+
+
+@dataclass(slots=True)
+class AuditEntry:
+    at: float
+    event: str
+    user: str | None
+    peer: str | None
+    detail: str
+    count: int = 1
