@@ -26,8 +26,8 @@ have not logged in lets each new one push out that address's oldest); each that 
 A second well-behaved client, in the same process, sends batches of 1,000 events (``Client``,
 default settings) in both phases: its rate, events acknowledged per second, is the ingest figure.
 ``--rounds`` repeats baseline and flood; figures are medians over the rounds, and the ratios are
-flood / baseline of each round's medians. RSS is sampled every 0.1 s: before, peak during each
-phase (``VmHWM`` is reset before it where the kernel allows), after.
+flood / baseline of each round's medians. The server's RSS is sampled every 0.1 s: before, the
+highest sample during each phase, after.
 """
 
 from __future__ import annotations

@@ -26,18 +26,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.harness import peak_rss_bytes, rss_bytes
 from bucketly.protocol import ClientProtocol, encode_frame, encode_request, pack
 from bucketly.protocol.limits import DEFAULT_MAX_FRAME_OBJECTS
 from bucketly.testing import run_server
 
 MiB = 1024 * 1024
-
-
-def _rss(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def _send_frame(events: int, request_id: int, bucket: str) -> bytes:
@@ -75,12 +69,12 @@ def attack(frames: int, events: int, durable: bool) -> tuple[int, int]:
         conn = Connection(srv.host, srv.port)
         conn.call(1, "auth", user="admin", password="admin")
         conn.call(2, "create_bucket", bucket="b", handler="Count", durable=durable)
-        before = _rss(srv.pid, "VmRSS")
+        before = rss_bytes(srv.pid)
         conn.sock.sendall(b"".join(_send_frame(events, 10 + i, "b") for i in range(frames)))
         for _ in range(frames):
             if conn.read() is None:
                 break
-        peak, after = _rss(srv.pid, "VmHWM") - before, _rss(srv.pid, "VmRSS") - before
+        peak, after = peak_rss_bytes(srv.pid) - before, rss_bytes(srv.pid) - before
         conn.sock.close()
         return peak, after
 
