@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..protocol.ops import DEFAULT_AUDIT_LIMIT
+
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Commands"]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -164,6 +166,6 @@ class Commands:
         """Revoke the API token ``id``; connections it authenticated lose their access."""
         return self._call("revoke_token", {"token_id": id})
 
-    def audit(self, limit: int = 100) -> Any:
+    def audit(self, limit: int = DEFAULT_AUDIT_LIMIT) -> Any:
         """The newest ``limit`` audit entries, newest first (needs ``audit.read``)."""
         return self._call("audit", {"limit": limit})

@@ -46,6 +46,8 @@ MAX_PRODUCER_SEQ = 2**63 - 1
 #: User names: 1 to 64 letters, digits and ``_ . @ -``, starting with a letter or digit.
 USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
 MAX_USER_NAME_LENGTH = 64
+#: Audit entries the ``audit`` op returns when not told how many.
+DEFAULT_AUDIT_LIMIT = 100
 #: Bucket-name patterns of grants: bucket-name characters plus the glob characters ``* ? [ ] !``,
 #: as long as a bucket name at most.
 MAX_PATTERN_LENGTH = MAX_BUCKET_NAME_LENGTH
@@ -388,7 +390,14 @@ OPS: dict[str, Op] = {
         Op(
             "audit",
             "Read the audit trail: failed logins, permission denials, user and grant changes.",
-            (Arg("limit", "int", False, "most entries to return, newest first (default 100)"),),
+            (
+                Arg(
+                    "limit",
+                    "int",
+                    False,
+                    f"most entries to return, newest first (default {DEFAULT_AUDIT_LIMIT})",
+                ),
+            ),
             scope="server",
             permission="audit.read",
             result="array of audit entry maps",

@@ -31,6 +31,7 @@ from ...errors import (
 )
 from ...protocol import OPS
 from ...protocol.ops import (
+    DEFAULT_AUDIT_LIMIT,
     MAX_USER_NAME_LENGTH,
     check_grant,
     check_user_name,
@@ -520,7 +521,7 @@ async def op_revoke_token(conn: Session, args: dict[str, Any]) -> Any:
 
 @op
 async def op_audit(conn: Session, args: dict[str, Any]) -> Any:
-    limit = args.get("limit", 100)
+    limit = args.get("limit", DEFAULT_AUDIT_LIMIT)
     if not 1 <= limit <= AUDIT_MAX_READ:
         raise BadArgument(f"limit must be 1 to {AUDIT_MAX_READ}")
     return await conn.server.audit.read(limit)
