@@ -161,6 +161,12 @@ class ServerConfig:
         "queued only while less than this is waiting (so one large dump always fits); past it, "
         "that client alone is disconnected, and its unsent replies dropped.",
     )
+    metrics_address: str | None = _option(
+        None,
+        "HOST:PORT to serve Prometheus metrics (/metrics) and health checks (/healthz, "
+        "/readyz) on, over plain HTTP; off unless given. Use a loopback address, or protect "
+        "it (docs/security.md): it shows bucket and job names, and counts.",
+    )
     shutdown_timeout: float = _option(
         30.0,
         "Seconds that shutdown (SIGTERM / SIGINT) waits for in-flight requests and for the "

@@ -31,6 +31,7 @@ from .admission import Admission
 from .audit import AuditLog
 from .config import ServerConfig
 from .connection import CLOSE_GRACE, ServerConnection
+from .metrics import MetricsServer
 from .throttle import AuthThrottle
 from .tls import is_loopback, server_ssl_context
 
@@ -92,6 +93,15 @@ class Server:
         self.shutting_down = False
         #: (host, port) actually bound, once listening.
         self.address: tuple[str, int] | None = None
+        #: Set once the listener accepts connections (``readiness``).
+        self._ready = False
+        #: The HTTP endpoint of metrics and health checks (metrics.py), if asked for.
+        self.metrics: MetricsServer | None = None
+        if config.metrics_address is not None:
+            try:
+                self.metrics = MetricsServer(self, config.metrics_address)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
     def run(self) -> None:
         """Run until SIGTERM / SIGINT (or ``stop()``), then shut down in order."""
@@ -132,6 +142,9 @@ class Server:
             ", ".join(sorted(self.handlers)),
         )
         loop = asyncio.get_running_loop()
+        if self.metrics is not None:
+            # First: /readyz answers 503 while the database opens and durable buckets recover.
+            await self.metrics.start()
         ssl_context = server_ssl_context(config)
         # Bind first: a port in use fails the start before the database file is touched.
         self._listener = await loop.create_server(
@@ -192,6 +205,7 @@ class Server:
         self._tune_gc()
         self._sweeper = loop.create_task(self._sweep())
         await self._listener.start_serving()
+        self._ready = True
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         # Tests and supervisors wait for this exact line (bucketly.testing does), so it is
@@ -257,6 +271,18 @@ class Server:
         gc.freeze()
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(self.config.gc_threshold, gen1, gen2)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the server takes connections now, and why not (for ``/readyz``)."""
+        if self.shutting_down:
+            return False, "shutting down"
+        if not self._ready:
+            return False, "starting: loading the database file and recovering durable buckets"
+        return True, "accepting connections"
+
+    def events_applied(self) -> int:
+        """Events applied since the server started, to every bucket (deleted ones too)."""
+        return self._events_of_deleted + sum(b.events for b in self.buckets.values())
 
     def grants_changed(self) -> None:
         """Users, grants or tokens changed: every connection re-checks its login and grants
@@ -338,6 +364,8 @@ class Server:
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)
         if self._listener is not None:
             await self._listener.wait_closed()
+        if self.metrics is not None:
+            await self.metrics.stop()
         log.info("stopped")
 
     def _give_up_on_jobs(self, timeout: float) -> set[Bucket]:
@@ -375,7 +403,7 @@ class Server:
             "uptime": time.time() - self.started_at,
             "connections": len(self.connections),
             "connections_total": self.connections_total,
-            "events": self._events_of_deleted + sum(b.events for b in self.buckets.values()),
+            "events": self.events_applied(),
             "buckets": buckets,
             "durable_log": self.durable.statistics(),
         }

@@ -1,0 +1,253 @@
+"""Prometheus metrics and health checks over HTTP: ``bucketlyd --metrics-address HOST:PORT``.
+
+Theory of operation. Nothing here runs on the ingest path: the server keeps its counters as plain
+integers (``Bucket.events``, ``JobRunner.runs``, ``Journal.commits``...), and ``Collector`` turns
+them into metric families when Prometheus scrapes, on the event loop, so that every scrape sees
+one consistent moment. The HTTP side is a few lines of asyncio: one request per connection, GET
+only, a bounded request head read within a timeout, and three paths:
+
+- ``/metrics``: the Prometheus text format (``prometheus_client``), with its process collector
+  (CPU, resident memory, open file descriptors, start time);
+- ``/healthz``: 200 while the event loop answers (it is the event loop that answers);
+- ``/readyz``: 200 once the server is accepting connections (handlers loaded, recovery done,
+  listener open), 503 before and during shutdown; both with a short JSON body saying why.
+
+Labels are bounded: a bucket's name and a job's name, never anything a request carries. The
+endpoint shows no event data, user name or secret; docs/security.md says how to protect it.
+``METRICS`` lists every metric, and docs/operations.md is generated from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector as _CollectorBase
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["METRICS", "Collector", "MetricsServer", "parse_address"]
+
+log = logging.getLogger("bucketly.server")
+
+#: Bytes of request head (request line and headers) read at most; a longer one gets 431.
+MAX_REQUEST_HEAD = 8 * 1024
+#: Seconds a client has to send its request head.
+REQUEST_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # "counter" or "gauge"
+    labels: tuple[str, ...]
+    help: str
+
+
+#: Every metric bucketlyd exports (a counter's samples get ``_total`` appended by the format).
+METRICS = [
+    MetricSpec("bucketly_connections", "gauge", (), "Client connections open now."),
+    MetricSpec("bucketly_connections_accepted", "counter", (),
+               "Client connections accepted since the server started."),
+    MetricSpec("bucketly_events_applied", "counter", (),
+               "Events applied to all buckets since the server started (deleted buckets too)."),
+    MetricSpec("bucketly_buckets", "gauge", (), "Buckets defined."),
+    MetricSpec("bucketly_bucket_events_applied", "counter", ("bucket",),
+               "Events applied to the bucket since the server started."),
+    MetricSpec("bucketly_bucket_handler_errors", "counter", ("bucket",),
+               "Calls into the bucket's handler (events, views, jobs) that raised."),
+    MetricSpec("bucketly_bucket_unavailable", "gauge", ("bucket",),
+               "1 if the bucket cannot take requests (its handler is gone or failed, or it "
+               "was quarantined at start-up)."),
+    MetricSpec("bucketly_job_runs", "counter", ("bucket", "job"),
+               "Runs of the scheduled job since the server started."),
+    MetricSpec("bucketly_job_failures", "counter", ("bucket", "job"),
+               "Runs of the scheduled job that failed."),
+    MetricSpec("bucketly_job_consecutive_failures", "gauge", ("bucket", "job"),
+               "Runs of the scheduled job that failed since its last success."),
+    MetricSpec("bucketly_job_running", "gauge", ("bucket", "job"),
+               "1 while a run of the scheduled job is in progress."),
+    MetricSpec("bucketly_job_last_duration_seconds", "gauge", ("bucket", "job"),
+               "How long the scheduled job's last run took."),
+    MetricSpec("bucketly_job_seconds_since_success", "gauge", ("bucket", "job"),
+               "Seconds since the scheduled job last succeeded (since the server started, if "
+               "it has not yet): what to alert on when a flush to a database is stuck."),
+    MetricSpec("bucketly_journal_commits", "counter", (),
+               "Durable commits (each one fsync, shared by every send in it)."),
+    MetricSpec("bucketly_journal_records", "counter", (), "Durable sends committed."),
+    MetricSpec("bucketly_journal_events", "counter", (), "Events of durable sends committed."),
+    MetricSpec("bucketly_journal_failed_commits", "counter", (),
+               "Durable commits that failed (their sends got storage_error, nothing applied)."),
+    MetricSpec("bucketly_journal_commit_seconds", "counter", (),
+               "Seconds spent in durable commits."),
+    MetricSpec("bucketly_journal_queued", "gauge", (),
+               "Records and actions waiting for the durable journal."),
+    MetricSpec("bucketly_bucket_journal_queued_bytes", "gauge", ("bucket",),
+               "What the durable bucket's sends waiting for their commit take in memory, at most "
+               "(back-pressure at --max-bucket-queue)."),
+    MetricSpec("bucketly_bucket_journal_records_since_snapshot", "gauge", ("bucket",),
+               "Journal records of the durable bucket after its snapshot: what a restart "
+               "replays."),
+    MetricSpec("bucketly_bucket_seconds_since_snapshot", "gauge", ("bucket",),
+               "Seconds since the durable bucket's last snapshot (or since the server started)."),
+]
+_SPECS = {spec.name: spec for spec in METRICS}
+
+
+class Collector(_CollectorBase):
+    """Reads the server's counters at scrape time (see the module docstring)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def _family(self, name: str) -> CounterMetricFamily | GaugeMetricFamily:
+        spec = _SPECS[name]
+        cls = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
+        return cls(name, spec.help, labels=list(spec.labels))
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        now, monotonic = time.time(), time.monotonic()
+        families = {spec.name: self._family(spec.name) for spec in METRICS}
+
+        def add(name: str, value: float, *labels: str) -> None:
+            families[name].add_metric(list(labels), value)
+
+        stats = server.durable.statistics()
+        add("bucketly_connections", len(server.connections))
+        add("bucketly_connections_accepted", server.connections_total)
+        add("bucketly_buckets", len(server.buckets))
+        add("bucketly_events_applied", server.events_applied())
+        for key in ("commits", "records", "events", "failed_commits", "commit_seconds"):
+            add(f"bucketly_journal_{key}", stats[key])
+        add("bucketly_journal_queued", stats["queued"])
+        for name, bucket in sorted(server.buckets.items()):
+            add("bucketly_bucket_events_applied", bucket.events, name)
+            add("bucketly_bucket_handler_errors", bucket.errors, name)
+            add("bucketly_bucket_unavailable", 1 if bucket.broken else 0, name)
+            journal = bucket.journal
+            if journal is not None:
+                add("bucketly_bucket_journal_queued_bytes", journal.queued, name)
+                add("bucketly_bucket_journal_records_since_snapshot",
+                    journal.records_since_snapshot, name)
+                add("bucketly_bucket_seconds_since_snapshot", monotonic - journal.snapshot_at,
+                    name)
+            for job_name, job in sorted(bucket.jobs.items()):
+                add("bucketly_job_runs", job.runs, name, job_name)
+                add("bucketly_job_failures", job.failures, name, job_name)
+                add("bucketly_job_consecutive_failures", job.consecutive_failures, name,
+                    job_name)
+                add("bucketly_job_running", 1 if job.running else 0, name, job_name)
+                if job.last_duration is not None:
+                    add("bucketly_job_last_duration_seconds", job.last_duration, name, job_name)
+                since = job.last_success_at if job.last_success_at is not None else (
+                    server.started_at
+                )
+                add("bucketly_job_seconds_since_success", now - since, name, job_name)
+        yield from families.values()
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9484`` for IPv6) as (host, port); ValueError if malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--metrics-address must be HOST:PORT, not {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class MetricsServer:
+    """The HTTP listener of ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    def __init__(self, server: Server, address: str) -> None:
+        self.server = server
+        self.host, self.port = parse_address(address)
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(Collector(server))
+        self._listener: asyncio.Server | None = None
+        #: (host, port) actually bound, once listening.
+        self.address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        self._listener = await asyncio.start_server(
+            self._serve, self.host, self.port, reuse_address=True, limit=MAX_REQUEST_HEAD
+        )
+        sockname = self._listener.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        log.info("metrics on http://%s:%d/metrics", *self.address)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+            self._listener = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(
+                    reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT
+                )
+            except asyncio.LimitOverrunError:
+                await self._respond(writer, 431, b"request head too large\n")
+                return
+            except (asyncio.IncompleteReadError, TimeoutError):
+                return
+            parts = head.split(b"\r\n", 1)[0].split(b" ")
+            if len(parts) != 3:
+                await self._respond(writer, 400, b"bad request\n")
+                return
+            method, target, _ = parts
+            path = target.split(b"?", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                await self._respond(writer, 405, b"only GET\n", extra=b"Allow: GET, HEAD\r\n")
+                return
+            status, body, kind = self._route(path)
+            await self._respond(writer, status, body if method == b"GET" else b"", kind,
+                                length=len(body))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    def _route(self, path: bytes) -> tuple[int, bytes, bytes]:
+        if path == b"/metrics":
+            return 200, generate_latest(self.registry), b"text/plain; version=0.0.4; charset=utf-8"
+        if path == b"/healthz":
+            return 200, _json({"status": "ok"}), b"application/json"
+        if path == b"/readyz":
+            ready, why = self.server.readiness()
+            return (200 if ready else 503), _json({"ready": ready, "reason": why}), (
+                b"application/json"
+            )
+        return 404, b"not found: try /metrics, /healthz or /readyz\n", b"text/plain"
+
+    async def _respond(self, writer: asyncio.StreamWriter, status: int, body: bytes,
+                       kind: bytes = b"text/plain", *, extra: bytes = b"",
+                       length: int | None = None) -> None:
+        reason = _REASONS.get(status, b"")
+        writer.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n%s\r\n"
+            % (status, reason, kind, len(body) if length is None else length, extra)
+            + body
+        )
+        await writer.drain()
+
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+            431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode() + b"\n"
