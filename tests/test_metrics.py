@@ -18,7 +18,7 @@ import bucketly
 from bucketly.server.metrics import METRICS
 from bucketly.testing import RunningServer, bucketlyd_command, run_server
 
-from .conftest import TEST_HANDLERS
+from .conftest import TEST_HANDLERS, RawConnection
 
 DOCS = Path(__file__).parent.parent / "docs" / "operations.md"
 
@@ -82,6 +82,41 @@ def test_the_counters_move_by_exactly_what_was_sent_and_failed(
     # The process collector: the server's own resident memory and start time.
     assert samples[("process_resident_memory_bytes", ())] > 10 * 1024 * 1024
     assert abs(samples[("process_start_time_seconds", ())] - time.time()) < 600
+
+
+def test_every_refusal_is_counted_by_its_reason(metrics: tuple[RunningServer, int]) -> None:
+    server, port = metrics
+    admin = RawConnection(server.host, server.port)
+    admin.auth()
+    admin.call(1, "create_bucket", bucket="d", handler="Recorder", durable=True)
+    admin.call(2, "create_user", user="bob", password="bob-pw")
+    assert admin.call(3, "send", bucket="nope", events=[1, 2, 3]).code == "unknown_bucket"
+    # A handler error in a durable bucket: refused after it was queued on the journal.
+    assert admin.call(4, "send", bucket="d", events=[{"boom": True}]).code == "handler_error"
+    admin.send_bytes(b"\x00\x00\x00\x01\xc1")  # a frame that is not MessagePack
+    assert admin.read().code == "bad_frame"
+    bob = RawConnection(server.host, server.port)
+    assert bob.call(5, "auth", user="bob", password="wrong").code == "auth_failed"
+    bob.auth("bob", "bob-pw")
+    assert bob.call(6, "send", bucket="d", events=[1, 2]).code == "permission_denied"
+    anonymous = RawConnection(server.host, server.port)
+    for i in range(17):
+        anonymous.request(i, "ping")
+    replies = [anonymous.read() for _ in range(17)]
+    assert replies[-1].code == "limit_exceeded"
+    for conn in (admin, bob, anonymous):
+        conn.close()
+    samples = _samples(port)
+    refused = {labels[0][1]: value for (name, labels), value in samples.items()
+               if name == "bucketly_events_refused_total"}
+    assert refused == {"unknown_bucket": 3, "handler_error": 1, "permission_denied": 2}
+    assert samples[("bucketly_frames_rejected_total", (("reason", "bad_frame"),))] == 1
+    assert samples[
+        ("bucketly_connections_closed_by_limit_total", (("limit", "pre_auth_frames"),))
+    ] == 1
+    auth = {labels[0][1]: value for (name, labels), value in samples.items()
+            if name == "bucketly_authentications_total"}
+    assert auth == {"password_ok": 2, "password_failed": 1}
 
 
 def test_jobs_and_durable_buckets_have_their_metrics(metrics: tuple[RunningServer, int]) -> None:

@@ -39,6 +39,7 @@ the fault-injection points the tests arm are ``buckets.faults``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import sqlite3
 import time
@@ -189,6 +190,8 @@ class Journal:
         self.commit_seconds = 0.0
         self.failed_commits = 0
         self.last_error: str | None = None
+        #: Events of durable sends refused once queued, by error code (storage_error...).
+        self.refused_events: collections.Counter[str] = collections.Counter()
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -496,6 +499,7 @@ class Journal:
         if future.done():
             return
         if error is not None:
+            self.refused_events[error.code] += len(record.events)
             future.set_exception(error)
             future.exception()  # retrieved: a fire-and-forget sender may be gone
         else:

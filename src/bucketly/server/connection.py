@@ -195,6 +195,7 @@ class ServerConnection(asyncio.Protocol):
                 self.peer,
                 len(server.connections),
             )
+            server.closed_by_limit["max_connections"] += 1
             exc = ConnectionRefusedByServer(
                 f"the server has its maximum of {server.config.max_connections} connections; "
                 "try again later"
@@ -300,6 +301,8 @@ class ServerConnection(asyncio.Protocol):
                         continue
                     reply = handled_reply
                 else:
+                    if isinstance(request, ErrorReply):  # the only other kind there is
+                        self.server.rejected_frames[request.code] += 1
                     reply = encode_message(request)
                 if queued > self.server.config.max_write_buffer:
                     self._drop_slow_reader(queued)
@@ -307,6 +310,7 @@ class ServerConnection(asyncio.Protocol):
                 out.append(reply)
                 queued += len(reply)
         except FrameTooLarge as exc:
+            self.server.rejected_frames["frame_too_large"] += 1
             self.server.audit.warn(
                 "frame_too_large", "closing connection from %s: %s", self.peer, exc
             )
@@ -375,10 +379,18 @@ class ServerConnection(asyncio.Protocol):
                 return None
             return self._reply(request.id, result)
         except BucketlyError as exc:
+            if request.op == "send":
+                self._count_refused(request, exc.code)
             return self.protocol.error(request.id, exc)
         except Exception:
             log.exception("internal error handling %s from %s", request.op, self.peer)
+            if request.op == "send":
+                self._count_refused(request, "internal_error")
             return self.protocol.error(request.id, InternalError("internal server error"))
+
+    def _count_refused(self, request: Request, reason: str) -> None:
+        events = request.args.get("events")
+        self.server.refused_events[reason] += len(events) if type(events) is list else 1
 
     def _reply(self, request_id: int, result: Any) -> bytes:
         try:
@@ -707,6 +719,7 @@ class ServerConnection(asyncio.Protocol):
     def limit_exceeded(self, limit: str, message: str) -> None:
         """Tell the client which limit it broke, record it, and close."""
         server = self.server
+        server.closed_by_limit[limit] += 1
         server.audit.warn(
             "limit_exceeded", "closing connection from %s: %s (--%s)",
             self.peer, message, limit.replace("_", "-"),
@@ -721,6 +734,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _drop_slow_reader(self, queued: int) -> None:
         server = self.server
+        server.closed_by_limit["max_write_buffer"] += 1
         limit = server.config.max_write_buffer
         server.audit.warn(
             "max_write_buffer",

@@ -60,6 +60,19 @@ METRICS = [
     MetricSpec("bucketly_events_applied", "counter", (),
                "Events applied to all buckets since the server started (deleted buckets too)."),
     MetricSpec("bucketly_buckets", "gauge", (), "Buckets defined."),
+    MetricSpec("bucketly_events_refused", "counter", ("reason",),
+               "Events of sends that were refused, by the error code their sender got "
+               "(permission_denied, unknown_bucket, handler_error, storage_error, "
+               "shutting_down...): nothing is refused without being counted here."),
+    MetricSpec("bucketly_frames_rejected", "counter", ("reason",),
+               "Frames answered with a protocol error (bad_frame, bad_request, "
+               "frame_too_large)."),
+    MetricSpec("bucketly_connections_closed_by_limit", "counter", ("limit",),
+               "Connections closed, or refused, for a limit, by the option that sets it "
+               "(max_connections, pre_auth_frames, auth_timeout, max_write_buffer...)."),
+    MetricSpec("bucketly_authentications", "counter", ("result",),
+               "Logins, by result: password_ok, password_failed, token_ok, token_failed, "
+               "throttled."),
     MetricSpec("bucketly_bucket_events_applied", "counter", ("bucket",),
                "Events applied to the bucket since the server started."),
     MetricSpec("bucketly_bucket_handler_errors", "counter", ("bucket",),
@@ -129,6 +142,15 @@ class Collector(_CollectorBase):
         for key in ("commits", "records", "events", "failed_commits", "commit_seconds"):
             add(f"bucketly_journal_{key}", stats[key])
         add("bucketly_journal_queued", stats["queued"])
+        refused = server.refused_events + server.durable.refused_events
+        for counts, name in (
+            (refused, "bucketly_events_refused"),
+            (server.rejected_frames, "bucketly_frames_rejected"),
+            (server.closed_by_limit, "bucketly_connections_closed_by_limit"),
+            (server.authentications, "bucketly_authentications"),
+        ):
+            for reason, count in sorted(counts.items()):
+                add(name, count, reason)
         for name, bucket in sorted(server.buckets.items()):
             add("bucketly_bucket_events_applied", bucket.events, name)
             add("bucketly_bucket_handler_errors", bucket.errors, name)

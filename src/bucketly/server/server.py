@@ -11,6 +11,7 @@ jobs and run each one a final time, close the database file, exit 0.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -93,6 +94,14 @@ class Server:
         self.shutting_down = False
         #: (host, port) actually bound, once listening.
         self.address: tuple[str, int] | None = None
+        #: What was refused, counted for the metrics (metrics.py), each by a bounded reason:
+        #: events of sends, by error code (the journal counts those refused after queueing);
+        #: frames, by error code; connections closed or refused, by the limit; logins, by
+        #: result.
+        self.refused_events: collections.Counter[str] = collections.Counter()
+        self.rejected_frames: collections.Counter[str] = collections.Counter()
+        self.closed_by_limit: collections.Counter[str] = collections.Counter()
+        self.authentications: collections.Counter[str] = collections.Counter()
         #: Set once the listener accepts connections (``readiness``).
         self._ready = False
         #: The HTTP endpoint of metrics and health checks (metrics.py), if asked for.

@@ -103,6 +103,7 @@ async def _password_login(conn: Session, name: str, password: str) -> Any:
         if wait > 0:
             conn.log_out()
             server.audit.record("login_throttled", name, conn.peer_host, "refused unchecked")
+            server.authentications["throttled"] += 1
             raise _too_many(wait)
         row = server.db.users.get(name)
         ok = False
@@ -115,6 +116,7 @@ async def _password_login(conn: Session, name: str, password: str) -> Any:
         if ok and row is not None and server.db.users.get(name) is row:
             if not row.default_password or conn.loopback:
                 throttle.succeeded(name, host)
+                server.authentications["password_ok"] += 1
                 conn.log_in(row)
                 return {"user": row.name, "must_change_password": row.default_password}
             # Said in the log and the audit trail only: a distinct reply would confirm the
@@ -128,6 +130,7 @@ async def _password_login(conn: Session, name: str, password: str) -> Any:
         server.audit.warn(
             "login_failed", "failed login for user %r from %s: %s", name[:100], conn.peer, detail
         )
+        server.authentications["password_failed"] += 1
         raise AuthFailed(_WRONG)
 
 
@@ -148,7 +151,9 @@ def _token_login(conn: Session, token: str) -> Any:
             "token_failed", row.user if row else None, conn.peer_host, f"{what}: invalid or revoked"
         )
         server.audit.warn("token_failed", "failed token login from %s: %s", conn.peer, what)
+        server.authentications["token_failed"] += 1
         raise AuthFailed("invalid or revoked token")
+    server.authentications["token_ok"] += 1
     conn.log_in(user, row.id)
     return {"user": user.name, "must_change_password": user.default_password}
 

@@ -10,6 +10,7 @@ imports the connection or the server, and tests can hand an op a session of thei
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -62,6 +63,10 @@ class ServerState(Protocol):
 
     @property
     def durable(self) -> Journal: ...
+
+    @property
+    def authentications(self) -> collections.Counter[str]:
+        """Logins by result (for the metrics)."""
 
 
     def grants_changed(self) -> None:
