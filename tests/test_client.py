@@ -180,3 +180,26 @@ def test_nothing_sent_is_silently_lost_when_the_server_dies(
     finally:
         restarted.stop()
     assert sorted(reported + delivered) == sent, "an event was lost or delivered twice"
+
+
+def test_async_sends_from_two_tasks_keep_their_buckets(server: RunningServer) -> None:
+    """While one task writes another bucket's batch, a second task may start a batch of its
+    own: the first task's events must not join it (they once did, tagged with its bucket)."""
+    import asyncio
+
+    async def main() -> tuple[Any, Any]:
+        # max_in_flight=0: every batch written waits for its acknowledgement, which lets the
+        # other task run in between.
+        async with bucketly.AsyncClient(
+            server.host, server.port, user="admin", password="admin", max_in_flight=0
+        ) as client:
+            await client.create_bucket("a", "Recorder")
+            await client.create_bucket("b", "Recorder")
+            await client.send("b", "b1")  # buffered: sending to "a" writes it first
+            await asyncio.gather(client.send_many("a", ["a1"]), client.send("b", "b2"))
+            await client.flush()
+            return await client.view("a", "all"), await client.view("b", "all")
+
+    in_a, in_b = asyncio.run(main())
+    assert in_a == ["a1"]
+    assert sorted(in_b) == ["b1", "b2"]

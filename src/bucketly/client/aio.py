@@ -189,9 +189,10 @@ class AsyncClient(Commands):
         """Queue many events for ``bucket``; see ``Client.send_many``."""
         core = self._core
         loop = asyncio.get_running_loop()
-        if core.start_batch(bucket, loop.time()):
-            await self._write_batch()  # another bucket's batch goes first, in order
-            core.start_batch(bucket, loop.time())
+        # Another bucket's batch goes first, in order. Again after each write: while it was
+        # written, another task may have started a batch of its own.
+        while core.start_batch(bucket, loop.time()):
+            await self._write_batch()
         if not core.batch:
             self._arm_linger()
         core.batch.extend(events)
