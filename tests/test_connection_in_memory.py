@@ -18,7 +18,8 @@ import pytest
 from bucketly.errors import LimitExceeded
 from bucketly.protocol import ClientProtocol, ErrorReply, Greeting, ServerProtocol, encode_request
 from bucketly.server.config import ServerConfig
-from bucketly.server.connection import FRAME_COST, WORK_PER_TURN, ServerConnection
+from bucketly.server.connection import ServerConnection
+from bucketly.server.flow import FRAME_COST, WORK_PER_TURN
 from bucketly.server.server import Server
 
 from .conftest import TEST_HANDLERS
@@ -208,7 +209,7 @@ def test_requests_right_behind_an_auth_wait_for_it_and_are_not_counted(
         conn.data_received(stream)
         assert conn.busy is not None  # hashing the password: the pings wait unread
         await _until(lambda: len(transport.written) > 0 and conn.busy is None)
-        await _until(lambda: not conn._yielded)
+        await _until(lambda: not conn.flow.yielded)
         messages = transport.messages()
         assert [m.id for m in messages] == list(range(1, 40)) and not conn.closed
 

@@ -25,14 +25,13 @@ Memory (docs/security.md, "Memory"): the sans-I/O layer refuses, unread, a frame
 charges reach ``max_connection_queue``, and a send to a durable bucket whose queue is full
 (``--max-bucket-queue``) waits for room (``_wait_for_room``), both by not reading further.
 
-Flow control: while busy with a large backlog, or while the transport's write buffer is over its
-high-water mark (a client that does not read its replies), the connection stops reading from the
-socket, so neither side can make the server buffer without bound. A client that does not read
-while its replies pile up past ``--max-write-buffer`` is disconnected (``_queue_or_drop``).
-Fairness: a connection does at most ``WORK_PER_TURN`` units of work (``FRAME_COST`` per frame,
-plus one per event it carries), then stops reading and lets the event loop serve the others
-before it goes on (``_yield_turn``). So neither a flood of tiny frames nor a read full of large
-batches on one connection holds the others up for more than a couple of milliseconds.
+Flow control and fairness (flow.py): the connection stops reading while it is busy with a large
+backlog or while its peer does not read its replies, drops a peer whose unread replies pass
+``--max-write-buffer`` (``_queue_or_drop``), and yields its turn to the other connections after
+``WORK_PER_TURN`` units of work.
+
+Authentication state and permission decisions live in ``Login`` (login.py): the connection
+keeps the sans-I/O pre-authentication limits in step with it (``log_in``, ``log_out``).
 
 Limits, each a ``ServerConfig`` option. Before authentication a connection may send at most
 ``pre_auth_bytes`` bytes and ``pre_auth_frames`` frames, and no frame larger than the byte budget
@@ -42,11 +41,8 @@ the connection notes when it began waiting, and the server's sweep calls ``check
 about once a second. Breaking a limit gets a ``limit_exceeded`` error (``detail.limit`` names
 it), an audit entry, and the connection closed.
 
-Authentication state changes only in ``log_in`` and ``log_out``. Grants, users and tokens can
-change under a live connection: every change bumps ``server.grants_version`` (the ops call
-``server.grants_changed()``), and a connection
-that sees a new version drops its cached decisions and re-checks that its user (and token) still
-exist before it does anything else.
+Grants, users and tokens can change under a live connection: a connection that sees a new
+``server.grants_version`` catches up (``_catch_up``) before it does anything else.
 """
 
 from __future__ import annotations
@@ -60,13 +56,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AuthRequired,
-    BadArgument,
     BucketlyError,
     ConnectionRefusedByServer,
     FrameTooLarge,
     InternalError,
     LimitExceeded,
-    PermissionDenied,
     ShuttingDown,
     UnencodableResult,
     UnknownBucket,
@@ -77,12 +71,12 @@ from ..protocol.limits import decoded_cost, object_bound
 from ..protocol.messages import Request
 from ..protocol.ops import (
     MAX_BUCKET_NAME_LENGTH,
-    MAX_PRODUCER_LENGTH,
-    MAX_PRODUCER_SEQ,
 )
+from .flow import FRAME_COST, WORK_PER_TURN, FlowControl
+from .login import Login, name_too_long
 from .ops import IMPLEMENTATIONS
-from .permissions import Decisions, sees
 from .pipeline import Pipeline
+from .sending import send_batch, send_bucket
 from .throttle import peer_key
 
 if TYPE_CHECKING:
@@ -94,26 +88,9 @@ __all__ = ["ServerConnection"]
 
 log = logging.getLogger("bucketly.server")
 
-_SEND_KEYS = frozenset(("bucket", "events", "event", "ack", "producer", "seq"))
-#: Work one connection does before the event loop turns to the others, in events (about a
-#: microsecond each in a typical handler): about 1 ms, so that a view on another connection
-#: waits little behind a producer sending 1,000-event batches. Measured (bench/run.py, view p99
-#: while one connection ingests at 80% of the maximum): 16 ms with 64 frames per turn, 5.4 ms
-#: with 2,048 events per turn, 3.6 ms with 1,024, at the same ingest rate within noise.
-WORK_PER_TURN = 1024
-#: What one frame counts for besides its events: a client pipelining thousands of tiny frames
-#: in one read gets 32 of them per turn.
-FRAME_COST = 32
 #: Seconds a closed connection may take to flush its last replies before it is cut: a peer that
 #: does not read must not keep a closing connection, and its buffer, forever.
 CLOSE_GRACE = 5.0
-
-
-def _too_long(name: str) -> BadArgument:
-    return BadArgument(
-        f"bucket name of {len(name)} characters: bucket names have at most "
-        f"{MAX_BUCKET_NAME_LENGTH}"
-    )
 
 
 class ServerConnection(asyncio.Protocol):
@@ -133,14 +110,8 @@ class ServerConnection(asyncio.Protocol):
         #: The client's IP address (no port): what throttling and the audit trail record.
         self.peer_host = "?"
         self.loopback = False
-        self.user: UserRow | None = None
-        #: The id of the API token this connection logged in with, if it did.
-        self.token_id: int | None = None
-        #: The grants that token is narrowed to (None: all of the user's): a request needs
-        #: both the user's grant and the token's (``allowed``).
-        self.token_grants: frozenset[tuple[str, str]] | None = None
-        #: The user's ``epoch`` at login: a password change bumps it and ends this login.
-        self._epoch = 0
+        #: Its user, token and cached permission decisions (``log_in``, ``allowed``).
+        self.login = Login(server, self.peer_host)
         self.closed = False
         self._lost = False
         #: When the unfinished frame at the end of the buffer began to arrive (None: no such).
@@ -152,18 +123,14 @@ class ServerConnection(asyncio.Protocol):
         self._pipeline: Pipeline | None = None
         #: A request read while pipelining that must wait for the pipeline (``_pipeline_more``).
         self._held: Request | ErrorReply | None = None
-        self._reading_paused = False
-        self._writing_paused = False
-        #: A turn was yielded (``_yield_turn``): reading stays paused until it is taken.
-        self._yielded = False
-        self._decisions = Decisions()
-        self._grants_version = -1
+        #: Reading paused or not, and the turns shared with other connections (flow.py).
+        self.flow = FlowControl()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = self.flow.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -177,6 +144,7 @@ class ServerConnection(asyncio.Protocol):
                     address = address.ipv4_mapped  # an IPv4 client of a dual-stack listener
                     self.peer_host = str(address)
                 self.loopback = address.is_loopback
+            self.login.peer_host = self.peer_host
         server = self.server
         if server.shutting_down:
             # Accepted just before the listener closed: it would miss the shutdown's finish().
@@ -257,14 +225,13 @@ class ServerConnection(asyncio.Protocol):
         if self._pipeline is not None:
             self._pipeline_more()
         if protocol.buffered > protocol.max_buffered:
-            self._pause_reading()
+            self.flow.pause_reading()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
-        self._pause_reading()
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.flow.resume_writing()
         if self.busy is None:
             self._resume_reading()
 
@@ -276,13 +243,12 @@ class ServerConnection(asyncio.Protocol):
             return
         protocol = self.protocol
         out: list[bytes] = []
-        transport = self.transport
-        queued = transport.get_write_buffer_size() if transport is not None else 0
+        queued = self.flow.queued()
         handled = 0
         try:
             while self.busy is None:
                 if handled >= WORK_PER_TURN:
-                    self._yield_turn()
+                    self.flow.yield_turn(self._next_turn)
                     break
                 request: Request | ErrorReply | None
                 if self._held is not None:
@@ -329,18 +295,12 @@ class ServerConnection(asyncio.Protocol):
         else:
             self._frame_started = None
 
-    def _yield_turn(self) -> None:
-        """Let other connections in before handling the rest of this one's buffer."""
-        self._yielded = True
-        self._pause_reading()
-        asyncio.get_running_loop().call_soon(self._next_turn)
-
     def _next_turn(self) -> None:
-        self._yielded = False
+        self.flow.yielded = False
         if self.closed or self.busy is not None:
             return  # the busy task resumes reading and processing when it is done
         self._process()
-        if not self._yielded and self.busy is None and not self._writing_paused:
+        if not self.flow.yielded and self.busy is None:
             self._resume_reading()
 
     def _write(self, out: list[bytes]) -> None:
@@ -352,7 +312,7 @@ class ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
-        queued = transport.get_write_buffer_size()
+        queued = self.flow.queued()
         if queued > self.server.config.max_write_buffer:
             self._drop_slow_reader(queued)
         else:
@@ -364,8 +324,8 @@ class ServerConnection(asyncio.Protocol):
                 raise ShuttingDown("the server is shutting down; reconnect to another or later")
             if request.op == "send":
                 return self._send(request)
-            if self._grants_version != self.server.grants_version:
-                self._refresh()
+            if self.login.grants_version != self.server.grants_version:
+                self._catch_up()
             op = OPS.get(request.op)
             if op is None:
                 raise UnknownOp(f"unknown op {request.op[:100]!r}")
@@ -403,36 +363,20 @@ class ServerConnection(asyncio.Protocol):
         args = request.args
         if self.user is None:
             raise AuthRequired("send needs an authenticated connection: send auth first")
-        if not args.keys() <= _SEND_KEYS:
-            validate_args(OPS["send"], args)
-        name = args.get("bucket")
-        if type(name) is not str:
-            raise BadArgument("send: argument 'bucket' must be a string")
+        name = send_bucket(args)
+        login = self.login
         if (
-            not self._decisions.cache.get(("send", name))
-            or self._grants_version != self.server.grants_version
+            not login.decisions.cache.get(("send", name))
+            or login.grants_version != self.server.grants_version
         ):
-            self._require("send", name, "send")
+            # The name is unchecked here: a long one is refused before it is matched against
+            # patterns or becomes a key of the decision cache.
+            if len(name) > MAX_BUCKET_NAME_LENGTH:
+                raise name_too_long(name)
+            self.require("send", name, "send")
         # Every argument is checked before the bucket's existence, as for any op (the order is
         # in docs/protocol.md): so a malformed send is bad_argument whether the bucket exists.
-        events = args.get("events")
-        if events is None:
-            if "events" in args:
-                raise BadArgument("send: argument 'events' must be an array")
-            if "event" not in args:
-                raise BadArgument("send needs 'event' (one event) or 'events' (a batch)")
-            events = [args["event"]]
-        elif type(events) is not list:
-            raise BadArgument("send: argument 'events' must be an array")
-        elif "event" in args:
-            raise BadArgument("send takes 'event' or 'events', not both")
-        ack = args.get("ack", True)
-        if type(ack) is not bool:
-            raise BadArgument("send: argument 'ack' must be a boolean")
-        producer = args.get("producer")
-        seq = None
-        if producer is not None or "seq" in args:
-            producer, seq = _check_producer(producer, args.get("seq"))
+        events, ack, producer, seq = send_batch(args)
         bucket = self.server.buckets.get(name)
         if bucket is None:
             raise UnknownBucket(f"no bucket named {name!r}")
@@ -480,8 +424,7 @@ class ServerConnection(asyncio.Protocol):
             reply = self.protocol.error(request.id, InternalError("internal server error"))
         self._queue_or_drop(reply)
         self.busy = None
-        if not self._writing_paused:
-            self._resume_reading()
+        self._resume_reading()
         self._process()
 
     # -- durable sends: the pipeline -------------------------------------------------------
@@ -518,8 +461,7 @@ class ServerConnection(asyncio.Protocol):
     async def _room(self, bucket: Bucket) -> None:
         await self.server.durable.room(bucket)
         self.busy = None
-        if not self._writing_paused:
-            self._resume_reading()
+        self._resume_reading()
         self._process()
 
     def _pipeline_more(self) -> None:
@@ -550,8 +492,7 @@ class ServerConnection(asyncio.Protocol):
             self.close()
         self._pipeline = None
         self.busy = None
-        if not self._writing_paused:
-            self._resume_reading()
+        self._resume_reading()
         self._process()
 
     async def _write_pipeline_replies(self) -> None:
@@ -571,111 +512,66 @@ class ServerConnection(asyncio.Protocol):
             if out:
                 self._queue_or_drop(b"".join(out))
             self._pipeline_more()
-            if protocol.buffered <= protocol.max_buffered and not self._writing_paused:
+            if protocol.buffered <= protocol.max_buffered:
                 self._resume_reading()
 
-    # -- permissions ------------------------------------------------------------------------
+    # -- login and permissions (login.py) ------------------------------------------------
+
+    @property
+    def user(self) -> UserRow | None:
+        return self.login.user
+
+    @property
+    def token_id(self) -> int | None:
+        return self.login.token_id
+
+    @property
+    def token_grants(self) -> frozenset[tuple[str, str]] | None:
+        return self.login.token_grants
+
+    def _catch_up(self) -> None:
+        """Grants, users or tokens changed somewhere: drop cached decisions, and end the
+        login if its user or token is gone or its password changed."""
+        login = self.login
+        if login.stale():
+            assert login.user is not None
+            log.info("connection from %s lost the login of %r", self.peer, login.user.name)
+            self.log_out()
 
     def _authorize(self, op: Op, args: dict[str, Any]) -> None:
-        if op.permission_for_others is not None:
-            other = args.get("user")
-            if other is not None and self.user is not None and other != self.user.name:
-                self.require(op.permission_for_others, None, op.name)
-        if op.permission is None:
-            return
-        bucket = None
-        if op.scope == "bucket":
-            bucket = args["bucket"]
-            if len(bucket) > MAX_BUCKET_NAME_LENGTH:
-                raise _too_long(bucket)
-        self.require(op.permission, bucket, op.name)
+        for permission, bucket in self.login.requirement(op, args):
+            self.require(permission, bucket, op.name)
 
     def allowed(self, permission: str, bucket: str | None = None) -> bool:
         """Whether the user holds ``permission`` (on ``bucket``, when it is per-bucket)."""
-        if self._grants_version != self.server.grants_version:
-            self._refresh()
-        user = self.user
-        if user is None:
-            return False
-        return self._decisions.allowed(user.grants, self.token_grants, permission, bucket)
+        if self.login.grants_version != self.server.grants_version:
+            self._catch_up()
+        return self.login.allowed(permission, bucket)
 
     def can_see(self, bucket: str) -> bool:
-        """Whether the user (and token) hold any per-bucket permission on ``bucket`` (for
-        list_buckets)."""
-        if self.user is None:
-            return False
-        token = self.token_grants
-        return sees(self.user.grants, bucket) and (token is None or sees(token, bucket))
+        return self.login.can_see(bucket)
 
     def require(self, permission: str, bucket: str | None, op: str) -> None:
         """Raise ``PermissionDenied`` (and audit it) unless the user holds ``permission``."""
-        if self.allowed(permission, bucket):
-            return
-        if self.user is None:
-            raise AuthRequired(
-                f"{op} needs an authenticated connection: this connection's login ended (its "
-                "user was deleted or its token revoked); send auth again"
-            )
-        target = f" on bucket {bucket[:MAX_BUCKET_NAME_LENGTH]!r}" if bucket is not None else ""
-        self.server.audit.record(
-            "permission_denied", self.user.name, self.peer_host, f"{op}: {permission}{target}"
-        )
-        raise PermissionDenied(
-            f"user {self.user.name!r} lacks permission {permission!r}{target}"
-        )
-
-    def _require(self, permission: str, bucket: str, op: str) -> None:
-        # For the send hot path, whose bucket name is unchecked: a long one must be refused
-        # before it is matched against patterns or becomes a key of the decision cache.
-        if len(bucket) > MAX_BUCKET_NAME_LENGTH:
-            raise _too_long(bucket)
-        self.require(permission, bucket, op)
-
-    # -- authentication state -----------------------------------------------------------------
+        if not self.allowed(permission, bucket):
+            raise self.login.denied(permission, bucket, op)
 
     def log_in(self, user: UserRow, token_id: int | None = None) -> None:
         """The connection is now ``user``'s: lift the pre-authentication limits."""
-        self.user = user
-        self.token_id = token_id
-        token = self.server.db.tokens.get(token_id) if token_id is not None else None
-        self.token_grants = token.grants if token is not None else None
-        self._epoch = user.epoch
-        self._decisions.clear()
-        self._grants_version = self.server.grants_version
+        self.login.start(user, token_id)
         self.protocol.log_in()
         self.server.admission.logged_in(self)
 
     def log_out(self) -> None:
         """Back to unauthenticated (a failed auth, or the user or token is gone)."""
-        self.user = None
-        self.token_id = None
-        self.token_grants = None
-        self._decisions.clear()
+        self.login.end()
         self.protocol.log_out(time.monotonic())
         if not self.closed:
             self.server.admission.waiting(self, peer_key(self.peer_host))
 
     def keep_login(self) -> None:
-        """This connection changed its user's password: it stays logged in, as by password
-        (its token, if it had one, was revoked with the others)."""
-        assert self.user is not None
-        self.token_id = None
-        self.token_grants = None
-        self._epoch = self.user.epoch
-        self._decisions.clear()
-
-    def _refresh(self) -> None:
-        server = self.server
-        self._decisions.clear()
-        self._grants_version = server.grants_version
-        user = self.user
-        if user is not None and (
-            server.db.users.get(user.name) is not user
-            or user.epoch != self._epoch  # its password changed since this login
-            or (self.token_id is not None and self.token_id not in server.db.tokens)
-        ):
-            log.info("connection from %s lost the login of %r", self.peer, user.name)
-            self.log_out()
+        """This connection changed its user's password: it stays logged in."""
+        self.login.keep()
 
     def bucket(self, name: str) -> Bucket:
         bucket = self.server.buckets.get(name)
@@ -686,15 +582,9 @@ class ServerConnection(asyncio.Protocol):
 
     # -- closing ----------------------------------------------------------------------------
 
-    def _pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
     def _resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self.closed:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        if not self.closed:
+            self.flow.resume_reading()
 
     def check_timeouts(self, now: float) -> None:
         """Close the connection if it broke a timeout. The server's sweep calls it."""
@@ -708,7 +598,7 @@ class ServerConnection(asyncio.Protocol):
         elif (
             self._frame_started is not None
             and self.busy is None
-            and not self._reading_paused
+            and not self.flow.read_paused
             and now - self._frame_started > config.frame_timeout
         ):
             self.limit_exceeded(
@@ -769,7 +659,7 @@ class ServerConnection(asyncio.Protocol):
         # reply: a price for it, not for the server.
         if transport.can_write_eof() and (self.user is not None or self.server.shutting_down):
             transport.write_eof()
-            self._reading_paused = False
+            self.flow.read_paused = False
             transport.resume_reading()
         else:
             transport.close()  # TLS: close_notify, then the close
@@ -780,27 +670,13 @@ class ServerConnection(asyncio.Protocol):
     def finish(self) -> None:
         """At shutdown: answer everything still buffered (``shutting_down``), then close."""
         while self.busy is None and not self.closed:
-            self._yielded = False  # no turns to share any more: answer the whole buffer
+            self.flow.yielded = False  # no turns to share any more: answer the whole buffer
             self._process()
-            if not self._yielded:
+            if not self.flow.yielded:
                 break
         self.close()
 
     def _abort(self) -> None:
         if not self._lost and self.transport is not None:
             self.transport.abort()
-
-
-def _check_producer(producer: Any, seq: Any) -> tuple[str, int]:
-    """Check a send's ``producer`` and ``seq`` (given together); return them."""
-    if type(producer) is not str or not 0 < len(producer) <= MAX_PRODUCER_LENGTH:
-        raise BadArgument(
-            f"send: 'producer' must be a string of 1 to {MAX_PRODUCER_LENGTH} characters, "
-            "given with 'seq'"
-        )
-    if type(seq) is not int or not 0 <= seq <= MAX_PRODUCER_SEQ:
-        raise BadArgument(
-            f"send: 'seq' must be an integer from 0 to {MAX_PRODUCER_SEQ}, given with 'producer'"
-        )
-    return producer, seq
 

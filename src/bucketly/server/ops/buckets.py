@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from ...buckets import Bucket
-from ...buckets.journal import BucketJournal
+from ...buckets.records import BucketJournal
 from ...errors import BadArgument, BucketExists, HandlerError, UnknownHandler
 from ...protocol import PROTOCOL_VERSION, check_bucket_name
 from ...store import BucketRow

@@ -65,6 +65,10 @@ class ServerState(Protocol):
     def durable(self) -> Journal: ...
 
     @property
+    def grants_version(self) -> int:
+        """Bumped by ``grants_changed``: a login that sees a new one checks itself again."""
+
+    @property
     def authentications(self) -> collections.Counter[str]:
         """Logins by result (for the metrics)."""
 
