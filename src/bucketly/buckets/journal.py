@@ -32,7 +32,8 @@ every one of them.
 
 Words: a durable bucket's *journal* is its snapshot and the records committed after it (the
 tables of ``store.journal``); ``log`` is the logger. Recovery, which rebuilds a bucket from its
-journal at start-up, is ``buckets.recovery``; the snapshot encoding is ``buckets.snapshot_codec``;
+journal at start-up, is ``buckets.recovery``; the snapshot encoding is ``buckets.snapshot_codec``; the per-bucket and per-send state is
+``buckets.records``;
 the fault-injection points the tests arm are ``buckets.faults``.
 """
 
@@ -53,13 +54,14 @@ from ..lograte import LogLimiter
 from ..protocol.messages import pack
 from ..store import journal as tables
 from .faults import Faults
-from .snapshot_codec import pack_state
+from .records import BucketJournal, Record
+from .snapshot_codec import encode_snapshot
 
 if TYPE_CHECKING:
     from ..store import Database
     from .runtime import Bucket
 
-__all__ = ["BucketJournal", "Journal", "Record"]
+__all__ = ["Journal"]
 
 log = logging.getLogger("bucketly.durability")
 
@@ -69,84 +71,6 @@ T = TypeVar("T")
 #: (and always at least one): large enough that group commit is never the bottleneck, small
 #: enough that one transaction does not hold hundreds of megabytes in memory twice.
 MAX_COMMIT_BYTES = 64 * 1024 * 1024
-
-
-
-class BucketJournal:
-    """Where one durable bucket's log and snapshot stand (``Bucket.journal``)."""
-
-    __slots__ = (
-        "doubt_queued",
-        "events_since_snapshot",
-        "in_doubt",
-        "pending",
-        "queued",
-        "records_since_snapshot",
-        "seq",
-        "snapshot_at",
-        "snapshot_error",
-        "snapshot_queued",
-        "snapshot_seq",
-        "snapshots",
-        "waiting",
-    )
-
-    def __init__(self, seq: int = 0) -> None:
-        #: The last record committed and applied (records are numbered 1, 2, ... per bucket).
-        self.seq = seq
-        #: The last record the snapshot covers (0: no snapshot, or a snapshot of the start).
-        self.snapshot_seq = seq
-        self.records_since_snapshot = 0
-        self.events_since_snapshot = 0
-        self.snapshot_at = time.monotonic()
-        self.snapshot_queued = False
-        self.snapshot_error: str | None = None
-        self.snapshots = 0
-        #: Records queued or being written that carry a producer id, by (producer, seq): a
-        #: resend of one of them waits for the same outcome instead of being logged twice.
-        self.pending: dict[tuple[str, int], Record] = {}
-        #: A commit failed: rows past ``seq`` may have reached the file all the same (an fsync
-        #: can fail after the data was written). The next commit or snapshot deletes them
-        #: first, or, for an idle bucket, the maintenance task does (``_forget_doubt``).
-        self.in_doubt = False
-        self.doubt_queued = False
-        #: What the records queued or being written can take in memory (``Record.cost``), and
-        #: the senders waiting for it to go under the cap (``Journal.room``).
-        self.queued = 0
-        self.waiting: list[asyncio.Future[None]] = []
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "last_record": self.seq,
-            "snapshot_record": self.snapshot_seq,
-            "log_records": self.records_since_snapshot,
-            "log_events": self.events_since_snapshot,
-            "snapshots": self.snapshots,
-            "snapshot_error": self.snapshot_error,
-            "queued_bytes": self.queued,
-        }
-
-
-class Record:
-    """One send to a durable bucket, from the moment it is queued until it is settled."""
-
-    __slots__ = ("bucket", "cost", "events", "future", "journal", "payload", "producer",
-                 "producer_seq", "seq")
-
-    def __init__(self, bucket: Bucket, journal: BucketJournal, events: list[Any], payload: bytes,
-                 producer: str | None, producer_seq: int | None,
-                 future: asyncio.Future[dict[str, Any]], cost: int = 0) -> None:
-        self.bucket = bucket
-        #: Bytes the record can take in memory (``protocol.limits.decoded_cost``), counted in
-        #: ``journal.queued`` until it is settled.
-        self.cost = cost
-        self.journal = journal
-        self.events = events
-        self.payload = payload
-        self.producer = producer
-        self.producer_seq = producer_seq
-        self.future = future
-        self.seq = 0
 
 
 _Action = Callable[[], Awaitable[None]]
@@ -521,7 +445,7 @@ class Journal:
                 log.info("bucket %r is no longer durable", bucket.name)
                 return
             journal = BucketJournal()
-            state, producers = self._encode_snapshot(bucket)
+            state, producers = encode_snapshot(bucket)
             snapshot = tables.snapshot_row(bucket.name, 0, bucket.events, state, producers)
             # Sends that arrive while the snapshot is written are queued behind this action as
             # durable records; if the write fails they are applied as ordinary sends.
@@ -553,21 +477,6 @@ class Journal:
         future.add_done_callback(_log_unexpected)
         return future
 
-    def _encode_snapshot(self, bucket: Bucket) -> tuple[bytes, bytes]:
-        try:
-            state = bucket.handler.snapshot()
-        except BaseException as exc:  # handler code: see runtime.py
-            raise HandlerError(f"{bucket.row.handler}.snapshot raised {exc!r}") from None
-        try:
-            data = pack_state(state)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise HandlerError(
-                f"{bucket.row.handler}.snapshot() returned something a snapshot cannot hold: "
-                f"{exc}. Give the handler snapshot() and restore() methods that turn its state "
-                "into plain data and back (docs/handlers.md)"
-            ) from None
-        return data, pack(bucket.producer_table())
-
     async def _snapshot(self, bucket: Bucket) -> None:
         journal = bucket.journal
         if journal is None or self.buckets.get(bucket.name) is not bucket or bucket.broken:
@@ -583,7 +492,7 @@ class Journal:
             return
         journal.snapshot_at = time.monotonic()
         try:
-            state, producers = self._encode_snapshot(bucket)
+            state, producers = encode_snapshot(bucket)
         except HandlerError as exc:
             if journal.snapshot_error is None:
                 log.error("bucket %r: cannot snapshot, the log keeps growing: %s",

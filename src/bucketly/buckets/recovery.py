@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import BadFrame, DataLossDetected, HandlerError
 from ..protocol.messages import unpack
 from ..store import journal as tables
-from .journal import BucketJournal
+from .records import BucketJournal
 from .snapshot_codec import unpack_state
 
 if TYPE_CHECKING:

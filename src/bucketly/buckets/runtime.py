@@ -30,7 +30,7 @@ from ..lograte import LogLimiter
 from ..store import BucketRow
 
 if TYPE_CHECKING:
-    from .journal import BucketJournal
+    from .records import BucketJournal
 
 __all__ = ["Bucket", "JobRunner"]
 

@@ -10,13 +10,18 @@ instances, dataclasses, datetimes) is refused: its handler must define ``snapsho
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ormsgpack
 
+from ..errors import HandlerError
+from ..protocol.messages import pack
 from ..unique import UNIQUE_INDEX_TYPES, UniqueIndex
 
-__all__ = ["pack_state", "unpack_state"]
+if TYPE_CHECKING:
+    from .runtime import Bucket
+
+__all__ = ["encode_snapshot", "pack_state", "unpack_state"]
 
 _EXT_SET = 1
 _EXT_FROZENSET = 2
@@ -121,3 +126,21 @@ def pack_state(value: Any) -> bytes:
 def unpack_state(data: bytes) -> Any:
     """Decode what ``pack_state`` encoded, with the same types."""
     return ormsgpack.unpackb(data, ext_hook=_decode_ext, option=ormsgpack.OPT_NON_STR_KEYS)
+
+
+def encode_snapshot(bucket: Bucket) -> tuple[bytes, bytes]:
+    """The bucket's state (its handler's ``snapshot()``, packed) and its producer table, as
+    bytes to store. Raises ``HandlerError`` if the handler cannot give its state."""
+    try:
+        state = bucket.handler.snapshot()
+    except BaseException as exc:  # handler code: see runtime.py
+        raise HandlerError(f"{bucket.row.handler}.snapshot raised {exc!r}") from None
+    try:
+        data = pack_state(state)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise HandlerError(
+            f"{bucket.row.handler}.snapshot() returned something a snapshot cannot hold: "
+            f"{exc}. Give the handler snapshot() and restore() methods that turn its state "
+            "into plain data and back (docs/handlers.md)"
+        ) from None
+    return data, pack(bucket.producer_table())
