@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -203,3 +204,97 @@ def test_async_sends_from_two_tasks_keep_their_buckets(server: RunningServer) ->
     in_a, in_b = asyncio.run(main())
     assert in_a == ["a1"]
     assert sorted(in_b) == ["b1", "b2"]
+
+
+
+def _restart(server: RunningServer, tmp_path: Any, *extra_args: str) -> RunningServer:
+    """A new bucketlyd on ``server``'s port and database file (the bucket definitions survive,
+    the state of in-memory buckets does not), once it is ready."""
+    from bucketly.testing import bucketlyd_command
+
+    from .conftest import TEST_HANDLERS
+
+    restarted = RunningServer(
+        bucketlyd_command(tmp_path / "db.dat", TEST_HANDLERS, server.port, extra_args)
+    )
+    restarted.wait_ready()
+    return restarted
+
+
+def _two_batches_kept_then_refused(server: RunningServer, tmp_path: Any) -> Any:
+    """A sync client holding two batches of bucket "b" (events 0-199) kept for resending, and
+    a restarted server that refuses them unread (limit_exceeded, sent with no id) and closes
+    the connection. Returns (client, that server)."""
+    import signal
+
+    # max_in_flight=1: on reconnecting, writing the second kept batch reads a reply first,
+    # and that is where the refusal arrives.
+    client = server.client(batch_size=100, max_in_flight=1, timeout=2.0)
+    client.create_bucket("b", "Recorder")
+    server.process.send_signal(signal.SIGSTOP)
+    # Written to a server that reads nothing: the second batch waits for the first's reply,
+    # which does not come within the timeout.
+    with pytest.raises(bucketly.ConnectionLost, match="will be resent"):
+        client.send_many("b", list(range(200)))
+    server.kill()
+    # 100 events make a frame of more than 64 values; an auth request fits.
+    return client, _restart(server, tmp_path, "--max-frame-objects", "64")
+
+
+def test_a_resend_refused_on_reconnect_is_resent_by_the_next_call(
+    server: RunningServer, tmp_path: Any
+) -> None:
+    """Batches written while reconnecting, then stopped by an error that is not a lost
+    connection, go back to be resent: the next calls raise that error again (they once raised
+    an AssertionError, the batches stranded in flight), and nothing is lost or doubled."""
+    from bucketly.errors import LimitExceeded
+
+    client, limited = _two_batches_kept_then_refused(server, tmp_path)
+    try:
+        for _ in range(2):
+            with pytest.raises((LimitExceeded, bucketly.ConnectionLost)):
+                client.flush()
+        limited.stop()
+        restarted = _restart(server, tmp_path)
+        try:
+            client.flush()
+            assert client.view("b", "all") == list(range(200))
+            client.close()
+        finally:
+            restarted.stop()
+    finally:
+        limited.stop()
+        with contextlib.suppress(bucketly.BucketlyError):
+            client.close()  # a failure above left the client nowhere to deliver
+
+
+def test_a_resend_refused_on_every_reconnect_is_given_up_and_reported(
+    server: RunningServer, tmp_path: Any
+) -> None:
+    """Refused on RESEND_LIMIT + 1 connections, the batches are handed back to the user by a
+    ConnectionLost (``unacknowledged``), never dropped silently."""
+    from bucketly.client.common import RESEND_LIMIT
+    from bucketly.errors import LimitExceeded
+
+    client, limited = _two_batches_kept_then_refused(server, tmp_path)
+    try:
+        # The first connection broke once already; each flush below breaks one more. The
+        # batches are given up by the last, which raises the refusal (the flush after it then
+        # reports them) or, if the refused connection was found closed first, reports them.
+        errors: list[Any] = []
+        for _ in range(RESEND_LIMIT):
+            with pytest.raises((LimitExceeded, bucketly.ConnectionLost)) as refused:
+                client.flush()
+            errors.append(refused.value)
+        if not getattr(errors[-1], "unacknowledged", None):
+            with pytest.raises(bucketly.ConnectionLost) as refused:
+                client.flush()
+            errors.append(refused.value)
+        assert not any(getattr(e, "unacknowledged", None) for e in errors[:-1])
+        assert errors[-1].unacknowledged == [("b", list(range(100))), ("b", list(range(100, 200)))]
+        client.flush()  # nothing left to deliver
+        client.close()
+    finally:
+        limited.stop()
+        with contextlib.suppress(bucketly.BucketlyError):
+            client.close()

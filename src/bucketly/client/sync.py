@@ -128,8 +128,14 @@ class Client(Commands):
                 # What was in flight when the last connection broke goes first, in order.
                 while (resend := core.next_resend()) is not None:
                     self._write(resend[1])
-            except BaseException:
+            except BaseException as exc:
+                # Stopped by more than a lost connection (an error sent with no id, Ctrl-C):
+                # the batches written on it go back to be resent, in order, by the next call.
+                # Left in flight, with no connection to read their replies, they were stranded.
+                lost = core.connection_lost(exc)
                 self._drop_socket()
+                if lost.unacknowledged:
+                    core.failures.append(lost)  # given up: the next flush() reports them
                 raise
             self._linger_wakeup.notify_all()  # a batch may be waiting for this connection
 
