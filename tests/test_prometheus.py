@@ -7,6 +7,7 @@ arrive in Prometheus (not only as ``/metrics`` prints them).
 - a ``prometheus`` process with its own configuration, data directory and free port scrapes a
   ``bucketlyd --metrics-address`` every second, with the alert rules loaded: the events a client
   sent arrive as exactly that count, the rules load, an alert goes pending on real series;
+- every query of the Grafana dashboard (docs/grafana/bucketly.json) answers there with data;
 - docs/operations.md shows the rules file as it is.
 
 The binaries come from Debian's ``prometheus`` package (``.ci/run`` installs it). Without them
@@ -34,6 +35,7 @@ from bucketly.testing import RunningServer, run_server
 
 from .conftest import TEST_HANDLERS, RawConnection
 from .test_docs import _generated, _replace_generated
+from .test_grafana import GRAFANA_VARIABLES, dashboard, queries
 from .test_metrics import _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,6 +318,37 @@ def test_events_refused_for_the_first_time_raise_the_alert(stack: Stack) -> None
     assert alert["state"] == "pending"  # for: 5m
     assert alert["labels"]["reason"] == "unknown_bucket"
     assert float(alert["value"]) > 0
+
+
+def _poke(stack: Stack) -> None:
+    """One of each thing the dashboard's rates show: so they have something to show."""
+    with stack.client() as client:  # a login
+        client.send("durable", "more")  # a durable commit
+        client.send_many("nowhere", [1])
+        with pytest.raises(bucketly.UnknownBucket):
+            client.flush()  # a refused event
+    raw = RawConnection(stack.bucketlyd.host, stack.bucketlyd.port)
+    raw.send_bytes(b"\x00\x00\x00\x01\xc1")  # a rejected frame
+    for i in range(17):  # a connection closed for a limit
+        raw.request(i, "ping")
+    raw.assert_closed()
+    raw.close()
+
+
+def test_every_dashboard_query_answers_with_data(stack: Stack) -> None:
+    """The queries of docs/grafana/bucketly.json, as Grafana sends them, in a real Prometheus."""
+    for title, expr in queries(dashboard()):
+        promql = expr
+        for variable, value in GRAFANA_VARIABLES.items():
+            promql = promql.replace(variable, value)
+
+        def answers(promql: str = promql) -> list[dict[str, Any]]:
+            samples = stack.prometheus.query(promql)
+            if not samples:
+                _poke(stack)
+            return samples
+
+        stack.prometheus.wait_for(f"panel {title!r}: {promql}", answers)
 
 
 # -- python tests/test_prometheus.py --update ---------------------------------------------------
