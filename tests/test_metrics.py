@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import bucketly
+from bucketly.errors import WIRE_CODES
 from bucketly.server.metrics import METRICS
 from bucketly.testing import RunningServer, bucketlyd_command, run_server
 
@@ -63,6 +64,11 @@ def test_the_counters_move_by_exactly_what_was_sent_and_failed(
     server, port = metrics
     before = _samples(port)
     assert before[("bucketly_events_applied_total", ())] == 0
+    # Reasons known in advance are there at 0 before they happen (so rate() sees the first).
+    for code in WIRE_CODES:
+        assert before[("bucketly_events_refused_total", (("reason", code),))] == 0
+    assert before[("bucketly_frames_rejected_total", (("reason", "bad_frame"),))] == 0
+    assert before[("bucketly_authentications_total", (("result", "password_failed"),))] == 0
     with bucketly.Client(server.host, server.port, user="admin", password="admin") as client:
         client.create_bucket("clicks", "Recorder")
         client.send_many("clicks", list(range(25)))
@@ -108,14 +114,14 @@ def test_every_refusal_is_counted_by_its_reason(metrics: tuple[RunningServer, in
         conn.close()
     samples = _samples(port)
     refused = {labels[0][1]: value for (name, labels), value in samples.items()
-               if name == "bucketly_events_refused_total"}
+               if name == "bucketly_events_refused_total" and value}
     assert refused == {"unknown_bucket": 3, "handler_error": 1, "permission_denied": 2}
     assert samples[("bucketly_frames_rejected_total", (("reason", "bad_frame"),))] == 1
     assert samples[
         ("bucketly_connections_closed_by_limit_total", (("limit", "pre_auth_frames"),))
     ] == 1
     auth = {labels[0][1]: value for (name, labels), value in samples.items()
-            if name == "bucketly_authentications_total"}
+            if name == "bucketly_authentications_total" and value}
     assert auth == {"password_ok": 2, "password_failed": 1}
 
 
@@ -128,12 +134,12 @@ def test_jobs_and_durable_buckets_have_their_metrics(metrics: tuple[RunningServe
         client.create_bucket("pub", "Publisher", config={"interval": 0.05})
         deadline = time.monotonic() + 10
         while _samples(port).get(
-            ("bucketly_job_runs_total", (("bucket", "pub"), ("job", "publish"))), 0
+            ("bucketly_job_runs_total", (("bucket", "pub"), ("job_name", "publish"))), 0
         ) < 1:
             assert time.monotonic() < deadline, "the job never ran"
             time.sleep(0.05)
     samples = _samples(port)
-    job = (("bucket", "pub"), ("job", "publish"))
+    job = (("bucket", "pub"), ("job_name", "publish"))
     assert samples[("bucketly_job_failures_total", job)] >= 0
     assert ("bucketly_job_seconds_since_success", job) in samples
     assert samples[("bucketly_journal_records_total", ())] == 1

@@ -12,7 +12,10 @@ only, a bounded request head read within a timeout, and three paths:
 - ``/readyz``: 200 once the server is accepting connections (handlers loaded, recovery done,
   listener open), 503 before and during shutdown; both with a short JSON body saying why.
 
-Labels are bounded: a bucket's name and a job's name, never anything a request carries. The
+Labels are bounded: a bucket's name and a job's name, never anything a request carries. A job's
+name is ``job_name``, because Prometheus gives every target it scrapes a ``job`` label and would
+rename ours ``exported_job``. The reasons, frame errors and login results known in advance are
+exported at 0 before they happen (``MetricSpec.known``), so ``rate()`` sees the first ones. The
 endpoint shows no event data, user name or secret; docs/security.md says how to protect it.
 ``METRICS`` lists every metric, and docs/operations.md is generated from it.
 """
@@ -30,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as _CollectorBase
+
+from ..errors import WIRE_CODES, BadFrame, BadRequest, FrameTooLarge
 
 if TYPE_CHECKING:
     from .server import Server
@@ -50,6 +55,10 @@ class MetricSpec:
     kind: str  # "counter" or "gauge"
     labels: tuple[str, ...]
     help: str
+    #: Label values exported at 0 before they happen. Prometheus's ``rate()`` and
+    #: ``increase()`` see no increase in a series whose first sample is already 3: without a 0
+    #: first, the first refusals of a reason would raise no alert.
+    known: tuple[str, ...] = ()
 
 
 #: Every metric bucketlyd exports (a counter's samples get ``_total`` appended by the format).
@@ -63,16 +72,19 @@ METRICS = [
     MetricSpec("bucketly_events_refused", "counter", ("reason",),
                "Events of sends that were refused, by the error code their sender got "
                "(permission_denied, unknown_bucket, handler_error, storage_error, "
-               "shutting_down...): nothing is refused without being counted here."),
+               "shutting_down...): nothing is refused without being counted here.",
+               tuple(sorted(WIRE_CODES))),
     MetricSpec("bucketly_frames_rejected", "counter", ("reason",),
                "Frames answered with a protocol error (bad_frame, bad_request, "
-               "frame_too_large)."),
+               "frame_too_large).",
+               tuple(sorted((BadFrame.code, BadRequest.code, FrameTooLarge.code)))),
     MetricSpec("bucketly_connections_closed_by_limit", "counter", ("limit",),
                "Connections closed, or refused, for a limit, by the option that sets it "
                "(max_connections, pre_auth_frames, auth_timeout, max_write_buffer...)."),
     MetricSpec("bucketly_authentications", "counter", ("result",),
                "Logins, by result: password_ok, password_failed, token_ok, token_failed, "
-               "throttled."),
+               "throttled.",
+               ("password_ok", "password_failed", "token_ok", "token_failed", "throttled")),
     MetricSpec("bucketly_bucket_events_applied", "counter", ("bucket",),
                "Events applied to the bucket since the server started."),
     MetricSpec("bucketly_bucket_handler_errors", "counter", ("bucket",),
@@ -80,17 +92,17 @@ METRICS = [
     MetricSpec("bucketly_bucket_unavailable", "gauge", ("bucket",),
                "1 if the bucket cannot take requests (its handler is gone or failed, or it "
                "was quarantined at start-up)."),
-    MetricSpec("bucketly_job_runs", "counter", ("bucket", "job"),
+    MetricSpec("bucketly_job_runs", "counter", ("bucket", "job_name"),
                "Runs of the scheduled job since the server started."),
-    MetricSpec("bucketly_job_failures", "counter", ("bucket", "job"),
+    MetricSpec("bucketly_job_failures", "counter", ("bucket", "job_name"),
                "Runs of the scheduled job that failed."),
-    MetricSpec("bucketly_job_consecutive_failures", "gauge", ("bucket", "job"),
+    MetricSpec("bucketly_job_consecutive_failures", "gauge", ("bucket", "job_name"),
                "Runs of the scheduled job that failed since its last success."),
-    MetricSpec("bucketly_job_running", "gauge", ("bucket", "job"),
+    MetricSpec("bucketly_job_running", "gauge", ("bucket", "job_name"),
                "1 while a run of the scheduled job is in progress."),
-    MetricSpec("bucketly_job_last_duration_seconds", "gauge", ("bucket", "job"),
+    MetricSpec("bucketly_job_last_duration_seconds", "gauge", ("bucket", "job_name"),
                "How long the scheduled job's last run took."),
-    MetricSpec("bucketly_job_seconds_since_success", "gauge", ("bucket", "job"),
+    MetricSpec("bucketly_job_seconds_since_success", "gauge", ("bucket", "job_name"),
                "Seconds since the scheduled job last succeeded (since the server started, if "
                "it has not yet): what to alert on when a flush to a database is stuck."),
     MetricSpec("bucketly_journal_commits", "counter", (),
@@ -149,6 +161,9 @@ class Collector(_CollectorBase):
             (server.closed_by_limit, "bucketly_connections_closed_by_limit"),
             (server.authentications, "bucketly_authentications"),
         ):
+            for reason in _SPECS[name].known:
+                if reason not in counts:
+                    add(name, 0, reason)
             for reason, count in sorted(counts.items()):
                 add(name, count, reason)
         for name, bucket in sorted(server.buckets.items()):
