@@ -35,6 +35,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "configure_bucket": {"bucket": BUCKET, "durable": False},
     "delete_bucket": {"bucket": "perm.absent"},
     "list_handlers": {},
+    "handlers_module": {},
+    "reload": {},
     "whoami": {},
     "change_password": {"old_password": "not-the-password", "new_password": "another-one"},
     "stats": {},

@@ -26,6 +26,7 @@ follows, and the client turns a wire code back into the same class::
     │   ├── HandlerError             the user's handler code raised an exception
     │   ├── UnencodableResult        a view or dump returned something MessagePack can't carry
     │   ├── StorageError             the database file could not be written; nothing was done
+    │   ├── ReloadFailed             a reload of the handlers module changed nothing: see why
     │   └── ShuttingDown             the server is stopping and takes no new work
     ├── ConnectionRefusedByServer    the server refused the connection (too many clients)
     ├── InternalError                a bug in bucketly; the server logged it
@@ -64,6 +65,7 @@ __all__ = [
     "LimitExceeded",
     "PermissionDenied",
     "ProtocolError",
+    "ReloadFailed",
     "RequestError",
     "ShuttingDown",
     "StorageError",
@@ -236,6 +238,14 @@ class StorageError(RequestError):
 
     code = "storage_error"
     exit_code = 5
+
+
+class ReloadFailed(RequestError):
+    """A reload of the handlers module failed, and changed nothing: every bucket keeps its old
+    code and state. ``detail`` says where: ``file`` and ``line`` when known, and ``bucket``
+    when one bucket's state could not be carried over."""
+
+    code = "reload_failed"
 
 
 class ShuttingDown(RequestError):

@@ -31,13 +31,16 @@ See docs/handlers.md for the whole contract, and for the pattern that keeps slow
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -47,10 +50,12 @@ from .errors import HandlersError
 __all__ = [
     "Handler",
     "HandlerInfo",
+    "HandlersModule",
     "Job",
     "JobSpec",
     "every",
     "load_handlers",
+    "load_module",
     "view",
 ]
 
@@ -130,6 +135,12 @@ class Handler:
     work for handlers whose attributes are plain data (dicts, lists, sets, numbers, strings).
     """
 
+    #: The shape of the state ``snapshot()`` returns. Bump it when a new version of the class
+    #: changes that shape, and give ``migrate`` to turn the old shape into the new: a reload
+    #: (``bucketly reload``) and a durable bucket's recovery call it with a state of an older
+    #: version.
+    state_version: int = 1
+
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
@@ -171,6 +182,16 @@ class Handler:
         for key, value in state.items():
             setattr(self, key, value)
 
+    def migrate(self, state: Any, version: int) -> Any:
+        """Turn ``state``, saved by a version of this class whose ``state_version`` was
+        ``version``, into what this version's ``restore`` takes; return it.
+
+        Called on a fresh instance, before ``restore``, when a reload or a recovery brings
+        state of another version (docs/handlers.md, "Reloading handlers"). The default
+        returns the state unchanged.
+        """
+        return state
+
 
 @dataclass(frozen=True, slots=True)
 class HandlerInfo:
@@ -183,6 +204,8 @@ class HandlerInfo:
     doc: str
     #: True when the class overrides ``on_events`` (the server then calls it once per batch).
     batches: bool
+    #: ``cls.state_version``.
+    state_version: int = 1
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -214,7 +237,38 @@ def inspect_handler(name: str, cls: type[Handler]) -> HandlerInfo:
         jobs=jobs,
         doc=doc.split("\n\n")[0],
         batches=cls.on_events is not Handler.on_events,
+        state_version=_state_version(name, cls),
     )
+
+
+def _state_version(name: str, cls: type[Handler]) -> int:
+    version = cls.state_version
+    if type(version) is not int or version < 1:
+        raise HandlersError(f"handler {name}: state_version must be a positive integer")
+    return version
+
+
+@dataclass(frozen=True, slots=True)
+class HandlersModule:
+    """One load of the handlers module: its classes, and which version of its file it was."""
+
+    spec: str
+    handlers: dict[str, HandlerInfo]
+    #: The module's file, its SHA-256 (hex) and modification time, when it has a file.
+    path: str | None = None
+    sha256: str | None = None
+    mtime: float | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "path": self.path,
+            "sha256": self.sha256,
+            "mtime": self.mtime,
+            "loaded_at": self.loaded_at,
+            "handlers": sorted(self.handlers),
+        }
 
 
 def load_handlers(spec: str) -> dict[str, HandlerInfo]:
@@ -223,7 +277,18 @@ def load_handlers(spec: str) -> dict[str, HandlerInfo]:
     Returns the ``Handler`` subclasses it defines, by class name. Raises ``HandlersError`` with
     the file and line when the module cannot be imported.
     """
-    module = _import(spec)
+    return load_module(spec).handlers
+
+
+def load_module(spec: str) -> HandlersModule:
+    """Import the handlers module ``spec`` afresh, from its file's current text.
+
+    Each call executes the file again, into a new module object that replaces the old one in
+    ``sys.modules`` only if it imports: so a reload that fails leaves the loaded module as it
+    was. Raises ``HandlersError`` (with the file and line) when it cannot be imported, or
+    defines no handler.
+    """
+    module, path, source = _import(spec)
     found: dict[str, HandlerInfo] = {}
     for name, value in vars(module).items():
         if (
@@ -236,24 +301,35 @@ def load_handlers(spec: str) -> dict[str, HandlerInfo]:
             found[name] = inspect_handler(name, value)
     if not found:
         raise HandlersError(f"handlers module {spec!r} defines no bucketly.Handler subclass")
-    return found
+    if path is None:
+        return HandlersModule(spec, found)
+    return HandlersModule(
+        spec,
+        found,
+        path=str(path),
+        sha256=hashlib.sha256(source).hexdigest(),
+        mtime=os.stat(path).st_mtime,
+    )
 
 
-def _import(spec: str) -> ModuleType:
+def _import(spec: str) -> tuple[ModuleType, Path | None, bytes]:
+    """The module, its file and the bytes it was compiled from."""
     path = Path(spec)
     try:
         if spec.endswith(".py") or path.exists():
             if not path.is_file():
                 raise HandlersError(f"handlers file {spec!r} does not exist")
-            module_name = f"bucketly_handlers_{path.stem}"
-            file_spec = importlib.util.spec_from_file_location(module_name, path.resolve())
-            if file_spec is None or file_spec.loader is None:
-                raise HandlersError(f"cannot load handlers file {spec!r}")
-            module = importlib.util.module_from_spec(file_spec)
-            sys.modules[module_name] = module
-            file_spec.loader.exec_module(module)
-            return module
-        return importlib.import_module(spec)
+            return _exec_file(f"bucketly_handlers_{path.stem}", path.resolve())
+        found = importlib.util.find_spec(spec)
+        if found is None:
+            raise ModuleNotFoundError(f"No module named {spec!r}", name=spec)
+        if found.origin is None or not found.origin.endswith(".py"):
+            # Not plain source (a namespace or compiled module): import it as Python does.
+            return importlib.import_module(spec), None, b""
+        origin = Path(found.origin)
+        if spec not in sys.modules:  # the first load: an ordinary import
+            return importlib.import_module(spec), origin, origin.read_bytes()
+        return _exec_file(spec, origin)
     except HandlersError:
         raise
     except ModuleNotFoundError as exc:
@@ -262,21 +338,53 @@ def _import(spec: str) -> ModuleType:
                 f"handlers module {spec!r} not found: give a path to a .py file or an "
                 "importable module name"
             ) from None
-        raise HandlersError(_describe_import_error(spec, exc)) from None
+        raise _describe_import_error(spec, exc) from None
     except BaseException as exc:
-        raise HandlersError(_describe_import_error(spec, exc)) from None
+        raise _describe_import_error(spec, exc) from None
 
 
-def _describe_import_error(spec: str, exc: BaseException) -> str:
-    where = ""
+def _exec_file(name: str, path: Path) -> tuple[ModuleType, Path, bytes]:
+    """Execute ``path`` as module ``name`` from its text now (never a cached .pyc, which a
+    file rewritten within the same second could leave stale), replacing ``sys.modules[name]``
+    only once it ran."""
+    source = path.read_bytes()
+    code = compile(source, str(path), "exec", dont_inherit=True)
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None:
+        raise HandlersError(f"cannot load handlers file {str(path)!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    previous = sys.modules.get(name)
+    # In sys.modules while it runs, as an import would have it (dataclasses and pickling look
+    # a class's module up there); put back as it was if it fails.
+    sys.modules[name] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        if previous is not None:
+            sys.modules[name] = previous
+        else:
+            del sys.modules[name]
+        raise
+    return module, path, source
+
+
+def _describe_import_error(spec: str, exc: BaseException) -> HandlersError:
+    """The error for a module that failed to import: its ``detail`` has ``file`` and ``line``
+    of the innermost frame of the module's own code, when there is one."""
+    detail: dict[str, Any] = {}
     if isinstance(exc, SyntaxError) and exc.filename:
-        where = f"{exc.filename}, line {exc.lineno}"
+        detail = {"file": exc.filename, "line": exc.lineno}
     else:
         frames = traceback.extract_tb(exc.__traceback__)
-        user_frames = [f for f in frames if "importlib" not in f.filename]
+        here = __file__
+        user_frames = [
+            f for f in frames if "importlib" not in f.filename and f.filename != here
+        ]
         if user_frames:
             last = user_frames[-1]
-            where = f"{last.filename}, line {last.lineno}"
-    detail = f"{type(exc).__name__}: {exc}"
-    return f"cannot load handlers module {spec!r}: {detail}" + (f" ({where})" if where else "")
-
+            detail = {"file": last.filename, "line": last.lineno}
+    where = f" ({detail['file']}, line {detail['line']})" if detail else ""
+    return HandlersError(
+        f"cannot load handlers module {spec!r}: {type(exc).__name__}: {exc}{where}",
+        detail=detail or None,
+    )

@@ -32,9 +32,9 @@ every one of them.
 
 Words: a durable bucket's *journal* is its snapshot and the records committed after it (the
 tables of ``store.journal``); ``log`` is the logger. Recovery, which rebuilds a bucket from its
-journal at start-up, is ``buckets.recovery``; the snapshot encoding is ``buckets.snapshot_codec``; the per-bucket and per-send state is
-``buckets.records``;
-the fault-injection points the tests arm are ``buckets.faults``.
+journal at start-up, is ``buckets.recovery``; the snapshot encoding is ``buckets.snapshot_codec``;
+the per-bucket and per-send state is ``buckets.records``; the fault-injection points the tests
+arm are ``buckets.faults``.
 """
 
 from __future__ import annotations
@@ -446,7 +446,9 @@ class Journal:
                 return
             journal = BucketJournal()
             state, producers = encode_snapshot(bucket)
-            snapshot = tables.snapshot_row(bucket.name, 0, bucket.events, state, producers)
+            snapshot = tables.snapshot_row(
+                bucket.name, 0, bucket.events, state, producers, _state_version(bucket)
+            )
             # Sends that arrive while the snapshot is written are queued behind this action as
             # durable records; if the write fails they are applied as ordinary sends.
             bucket.journal = journal
@@ -499,7 +501,9 @@ class Journal:
                           bucket.name, exc.message)
             journal.snapshot_error = exc.message
             return
-        row = tables.snapshot_row(bucket.name, journal.seq, bucket.events, state, producers)
+        row = tables.snapshot_row(
+            bucket.name, journal.seq, bucket.events, state, producers, _state_version(bucket)
+        )
         started = time.perf_counter()
         try:
             await self.db.write(partial(self._write_snapshot, row))
@@ -581,3 +585,7 @@ async def _nothing() -> None:
 def _log_unexpected(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("durable log: maintenance action failed", exc_info=future.exception())
+
+
+def _state_version(bucket: Bucket) -> int:
+    return bucket.info.state_version if bucket.info is not None else 1

@@ -58,8 +58,8 @@ async def recover(db: Database, bucket: Bucket, *, accept_loss: bool = False) ->
     head: int = await db.read(lambda conn: tables.read_head(conn, name))
     snapshot = await db.read(lambda conn: tables.read_snapshot(conn, name))
     if snapshot is not None:
-        seq, events, state, producers, crc = snapshot
-        if tables.snapshot_checksum(name, seq, events, state, producers) != crc:
+        seq, events, state, producers, crc, version = snapshot
+        if tables.snapshot_checksum(name, seq, events, state, producers, version) != crc:
             damage = (
                 f"the snapshot of durable bucket {name!r} is damaged (its checksum does "
                 f"not match), and the log it replaced is gone"
@@ -69,12 +69,21 @@ async def recover(db: Database, bucket: Bucket, *, accept_loss: bool = False) ->
             await db.write(partial(tables.truncate, bucket=name, seq=0, snapshot=True))
             bucket.journal = BucketJournal()
             return f"{damage}: the bucket starts empty; records 1 to {head} are lost"
+        assert bucket.info is not None
+        current = bucket.info.state_version
+        step = "restore"
         try:
-            bucket.handler.restore(unpack_state(state))
+            restored = unpack_state(state)
+            if version != current:  # taken by another version of the class (a reload)
+                step = "migrate"
+                restored = bucket.handler.migrate(restored, version)
+                step = "restore"
+            bucket.handler.restore(restored)
         except BaseException as exc:
             bucket.broken = (
-                f"durable bucket {name!r}: {bucket.row.handler}.restore failed on its "
-                f"snapshot: {exc!r}; its log is kept until the handler can read it"
+                f"durable bucket {name!r}: {bucket.row.handler}.{step} failed on its "
+                f"snapshot (state_version {version}): {exc!r}; its log is kept until the "
+                "handler can read it"
             )
             return None
         bucket.events = events

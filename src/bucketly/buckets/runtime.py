@@ -17,10 +17,12 @@ SIGTERM never arrive as exceptions: the server takes them as signals, in server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -77,13 +79,47 @@ class Bucket:
             )
             return
         try:
-            self.handler = info.cls(dict(row.config))
+            handler = info.cls(dict(row.config))
         except BaseException as exc:
             self.broken = f"handler {row.handler}.__init__ failed: {_describe(exc)}"
             return
+        self._use(info, handler)
+
+    def _use(self, info: HandlerInfo, handler: Any) -> None:
+        self.info = info
+        self.handler = handler
         # Bound once: the send path calls it for every batch.
-        self._on_events = self.handler.on_events if info.batches else None
-        self._on_event = self.handler.on_event
+        self._on_events = handler.on_events if info.batches else None
+        self._on_event = handler.on_event
+
+    def replace_handler(self, info: HandlerInfo | None, handler: Any,
+                        executor: Executor | None) -> None:
+        """Go on with ``handler``, an instance of ``info.cls`` (a reload, buckets/reload.py):
+        its jobs follow the new class, and a job that keeps its name keeps its schedule. With
+        no ``info``, the bucket's class is gone: it becomes unavailable, its state dropped."""
+        if info is None:
+            self.info = None
+            self.handler = None
+            self.broken = (
+                f"bucket {self.name!r} uses handler {self.row.handler!r}, which the reloaded "
+                "handlers module no longer defines (its state was dropped: reload with force)"
+            )
+            for runner in self.jobs.values():
+                runner.stop()
+            self.jobs = {}
+            return
+        self._use(info, handler)
+        self.broken = None
+        for name in list(self.jobs):
+            if name not in info.jobs:
+                self.jobs.pop(name).stop()
+        for name, spec in info.jobs.items():
+            current = self.jobs.get(name)
+            if current is not None:
+                current.respec(spec)
+            elif executor is not None:
+                runner = self.jobs[name] = JobRunner(self, name, spec, executor)
+                runner.start()
 
     def _handler_error(self, message: str, detail: Any = None) -> HandlerError:
         self.errors += 1
@@ -220,6 +256,21 @@ class Bucket:
                     await runner.run_once()
 
 
+def _interval(bucket: Bucket, spec: JobSpec) -> float:
+    """A job's interval: ``spec.seconds``, or the bucket's config value under its key."""
+    if spec.config_key and spec.config_key in bucket.row.config:
+        value = bucket.row.config[spec.config_key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        log.warning(
+            "bucket %r: config %r must be a positive number; using %ss",
+            bucket.name,
+            spec.config_key,
+            spec.seconds,
+        )
+    return spec.seconds
+
+
 class JobRunner:
     """Runs one ``@every`` method of one bucket on its schedule, and keeps its statistics."""
 
@@ -228,18 +279,7 @@ class JobRunner:
         self.name = name
         self.spec = spec
         self.executor = executor
-        self.interval = spec.seconds
-        if spec.config_key and spec.config_key in bucket.row.config:
-            value = bucket.row.config[spec.config_key]
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-                self.interval = float(value)
-            else:
-                log.warning(
-                    "bucket %r: config %r must be a positive number; using %ss",
-                    bucket.name,
-                    spec.config_key,
-                    spec.seconds,
-                )
+        self.interval = _interval(bucket, spec)
         self.runs = 0
         self.failures = 0
         self.consecutive_failures = 0
@@ -255,6 +295,11 @@ class JobRunner:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def respec(self, spec: JobSpec) -> None:
+        """The reloaded class declares this job anew: its next wait takes the new interval."""
+        self.spec = spec
+        self.interval = _interval(self.bucket, spec)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -302,7 +347,7 @@ class JobRunner:
                 result = await self._run_work(job.work)
                 if job.on_success is not None:
                     try:
-                        job.on_success(result)
+                        self._current(job.on_success, handler)(result)
                     except BaseException as exc:
                         # The work is done: calling on_failure now would make the handler
                         # redo work that succeeded. Report it, count the run as succeeded.
@@ -320,7 +365,7 @@ class JobRunner:
         except asyncio.CancelledError:
             raise  # the server stopping the job, not the job failing
         except BaseException as exc:
-            self._failed(exc, job if isinstance(job, Job) else None)
+            self._failed(exc, job if isinstance(job, Job) else None, handler)
         else:
             self._succeeded()
         finally:
@@ -348,13 +393,36 @@ class JobRunner:
         self.consecutive_failures = 0
         self.last_success_at = time.time()
 
-    def _failed(self, exc: BaseException, job: Job | None) -> None:
+    def _current(self, callback: Callable[[Any], None], started_on: Any) -> Callable[[Any], None]:
+        """``callback``, or, when it is a method of the instance the run started on and the
+        handlers were reloaded meanwhile, the same method of the bucket's instance now: so a
+        failed run puts its data back where the state now lives."""
+        now = self.bucket.handler
+        if now is started_on or now is None:
+            return callback
+        if isinstance(callback, functools.partial):
+            inner = self._current(callback.func, started_on)
+            if inner is callback.func:
+                return callback
+            return functools.partial(inner, *callback.args, **callback.keywords)
+        if inspect.ismethod(callback) and callback.__self__ is started_on:
+            name = callback.__func__.__name__
+            method = getattr(now, name, None)
+            if callable(method):
+                return method
+            log.error(
+                "job %s.%s: the reloaded handler has no method %s; calling the old one",
+                self.bucket.name, self.name, name,
+            )
+        return callback
+
+    def _failed(self, exc: BaseException, job: Job | None, started_on: Any = None) -> None:
         self.failures += 1
         self.consecutive_failures += 1
         self.last_error = _describe(exc)
         if job is not None and job.on_failure is not None:
             try:
-                job.on_failure(exc)
+                self._current(job.on_failure, started_on)(exc)
             except BaseException as callback_exc:
                 log.error(
                     "job %s.%s: on_failure raised %s; its data may be lost",

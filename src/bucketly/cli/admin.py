@@ -23,7 +23,7 @@ from .invocation import prompt_secret, read_secret_from_stdin
 from .output import EXIT_USAGE, CliError
 
 __all__ = [
-    "bucket", "grant", "handlers", "passwd", "permissions", "revoke", "tokens", "user",
+    "bucket", "grant", "handlers", "passwd", "permissions", "reload", "revoke", "tokens", "user",
 ]
 
 
@@ -98,10 +98,31 @@ def bucket_delete(bucket: str, yes: bool) -> None:
 
 
 @click.command(cls=BucketlyCommand)
-def handlers() -> None:
+@click.option("--module", "module", is_flag=True,
+              help="Show which version of the handlers module is loaded instead: its file, "
+                   "SHA-256 and modification time (needs the stats permission).")
+def handlers(module: bool) -> None:
     """List the handlers the server's handlers module defines, with their views and jobs."""
     invocation = current_invocation()
+    if module:
+        invocation.output().result(invocation.client().handlers_module(), out.render_module)
+        return
     invocation.output().result(invocation.client().handlers(), out.render_handlers)
+
+
+@click.command(cls=BucketlyCommand)
+@click.option("--force", is_flag=True,
+              help="Drop the state of buckets whose class the new module no longer defines "
+                   "(they become unavailable), instead of refusing the reload.")
+def reload(force: bool) -> None:
+    """Reload the server's handlers module from its file, keeping every bucket's state.
+
+    All or nothing: if the new module does not import, lacks a bucket's class, or a bucket's
+    state cannot be carried into its new class, nothing changes and the error says which file,
+    line and bucket. SIGHUP to bucketlyd does the same.
+    """
+    invocation = current_invocation()
+    invocation.output().result(invocation.client().reload(force=force), out.render_reload)
 
 
 # -- users and permissions -----------------------------------------------------------------------

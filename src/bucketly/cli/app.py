@@ -27,7 +27,7 @@ import click
 from .. import __version__
 from ..errors import BucketlyError
 from . import output as out
-from .admin import bucket, grant, handlers, passwd, permissions, revoke, tokens, user
+from .admin import bucket, grant, handlers, passwd, permissions, reload, revoke, tokens, user
 from .base import (
     CONTEXT_SETTINGS,
     EXIT_CLI_BUG,
@@ -60,6 +60,8 @@ OP_COMMANDS: dict[str, str] = {
     "configure_bucket": "bucket configure",
     "delete_bucket": "bucket delete",
     "list_handlers": "handlers",
+    "handlers_module": "handlers",  # with --module
+    "reload": "reload",
     "whoami": "whoami",
     "change_password": "passwd",
     "stats": "stats",
@@ -185,7 +187,7 @@ def shell() -> None:
     _run_shell(invocation)
 
 
-for command in (ping, send, view, dump, bucket, handlers, passwd, user, grant, revoke,
+for command in (ping, send, view, dump, bucket, handlers, reload, passwd, user, grant, revoke,
                 permissions, tokens, whoami, audit, stats, shell):
     cli.add_command(command)
 

@@ -395,6 +395,34 @@ def render_handlers(handlers: list[dict[str, Any]]) -> RenderableType:
     return table
 
 
+def render_module(info: dict[str, Any]) -> RenderableType:
+    table = _table("", "")
+    for key in ("spec", "path", "sha256", "mtime", "loaded_at", "reloads"):
+        value = info.get(key)
+        if key in ("mtime", "loaded_at") and isinstance(value, (int, float)):
+            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        table.add_row(key, "-" if value is None else str(value))
+    table.add_row("handlers", ", ".join(info.get("handlers") or []) or "-")
+    return table
+
+
+def render_reload(result: dict[str, Any]) -> RenderableType:
+    module = result.get("module") or {}
+    head = Text(
+        f"reloaded {module.get('path') or module.get('spec')} "
+        f"(sha256 {str(module.get('sha256'))[:12]}) in "
+        f"{1000 * float(result.get('paused_seconds') or 0):.1f} ms"
+    )
+    table = _table("bucket", "status", "paused", "state")
+    for name, info in sorted((result.get("buckets") or {}).items()):
+        status = info.get("status", "")
+        if info.get("migrated_from") is not None:
+            status += f" (migrated from state_version {info['migrated_from']})"
+        table.add_row(name, status, f"{1000 * float(info.get('paused_seconds') or 0):.1f} ms",
+                      f"{info.get('state_bytes', 0):,} bytes")
+    return Group(head, table)
+
+
 def render_whoami(info: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [Text.assemble("user ", (str(info.get("user")), "bold"))]
     if info.get("must_change_password"):

@@ -80,6 +80,19 @@ class Commands:
         """List the handlers the server's handlers module defines."""
         return self._call("list_handlers", {})
 
+    def handlers_module(self) -> Any:
+        """Which version of the handlers module the server runs: its file, SHA-256,
+        modification time, when it was loaded, reloads since the start (needs ``stats``)."""
+        return self._call("handlers_module", {})
+
+    def reload(self, *, force: bool = False) -> Any:
+        """Reload the server's handlers module from its file, every bucket's state carried
+        into its new class (needs ``handlers.reload``). Returns, per bucket, its status, how
+        long it paused and the bytes of state carried. All or nothing: raises
+        ``ReloadFailed``, naming the file, line and bucket, and then nothing changed.
+        ``force`` drops the state of buckets whose class is gone instead of refusing."""
+        return self._call("reload", {"force": force} if force else {})
+
     def whoami(self) -> Any:
         """Return the authenticated user and their permissions."""
         return self._call("whoami", {})

@@ -94,6 +94,11 @@ PERMISSIONS: dict[str, Permission] = {
         Permission("grants.manage", "server", "grant and revoke permissions, show a user's"),
         Permission("audit.read", "server", "read the audit trail"),
         Permission(
+            "handlers.reload",
+            "server",
+            "reload the handlers module, every bucket's state carried into its new code",
+        ),
+        Permission(
             "create_token",
             "server",
             "create API tokens for oneself (a token can do at most what its owner can)",
@@ -268,6 +273,33 @@ OPS: dict[str, Op] = {
             "List the handlers the server's handlers module defines.",
             scope="authenticated",
             result='array of maps: {"name", "doc", "views", "jobs"}',
+        ),
+        Op(
+            "handlers_module",
+            "Which version of the handlers module is loaded: its file, SHA-256 and "
+            "modification time, when it was loaded, how many reloads since the start.",
+            scope="server",
+            permission="stats",
+            result='map: {"spec", "path", "sha256", "mtime", "loaded_at", "handlers", '
+            '"reloads"}',
+        ),
+        Op(
+            "reload",
+            "Reload the handlers module from its file, every bucket's state carried into an "
+            "instance of its new class; all or nothing (`reload_failed` changes nothing).",
+            (
+                Arg(
+                    "force",
+                    "bool",
+                    False,
+                    "drop the state of buckets whose class the new module no longer defines, "
+                    "instead of refusing the reload (they become unavailable)",
+                ),
+            ),
+            scope="server",
+            permission="handlers.reload",
+            result='map: {"module", "paused_seconds", "buckets": {name: {"status", '
+            '"paused_seconds", "state_bytes", "migrated_from"?}}}',
         ),
         Op(
             "whoami",

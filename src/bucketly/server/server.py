@@ -23,10 +23,11 @@ from typing import Any
 
 from .. import __version__
 from ..buckets import Bucket, recovery
+from ..buckets import reload as reloading
 from ..buckets.journal import Journal
 from ..buckets.workers import WorkerThreads
-from ..errors import ConfigError, DataLossDetected, StorageError
-from ..handlers import HandlerInfo, load_handlers
+from ..errors import ConfigError, DataLossDetected, ReloadFailed, ShuttingDown, StorageError
+from ..handlers import HandlerInfo, HandlersModule, load_module
 from ..store import Database
 from .admission import Admission
 from .audit import AuditLog
@@ -53,6 +54,9 @@ class Server:
         self.name = f"bucketlyd/{__version__}"
         self.log = log
         self.handlers: dict[str, HandlerInfo] = {}
+        #: The load of the handlers module in use (its file's hash and time: ``handlers_module``).
+        self.handlers_module: HandlersModule | None = None
+        self.reloads = 0
         self.buckets: dict[str, Bucket] = {}
         #: Names of buckets whose creation is being written to the database.
         self.creating: set[str] = set()
@@ -128,6 +132,9 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+        if hasattr(signal, "SIGHUP"):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         if hasattr(signal, "SIGXFSZ"):
             # Over a file-size limit (RLIMIT_FSIZE), a write must fail with EFBIG, which a
             # durable send reports as storage_error, instead of the signal killing the server.
@@ -142,9 +149,61 @@ class Server:
         log.info("received %s: shutting down", sig.name)
         self.stop()
 
+    def _on_reload_signal(self) -> None:
+        if not self._ready or self.shutting_down:
+            log.warning("received SIGHUP before the server was ready, or while it stops: "
+                        "not reloading the handlers module")
+            return
+        log.info("received SIGHUP: reloading the handlers module")
+        try:
+            self.reload()
+        except ReloadFailed:
+            pass  # reload() logged it
+        except Exception:
+            log.exception("internal error reloading the handlers module")
+
+    def reload(self, *, force: bool = False, by: str | None = None,
+               peer: str | None = None) -> dict[str, Any]:
+        """Reload the handlers module, every bucket's state carried into its new class
+        (buckets/reload.py). All or nothing: raises ``ReloadFailed``, changing nothing."""
+        if self.shutting_down:
+            raise ShuttingDown("the server is shutting down; reconnect to another or later")
+        try:
+            plan = reloading.prepare(
+                self.config.bucket_handlers, list(self.buckets.values()), force=force
+            )
+        except ReloadFailed as exc:
+            log.error("%s", exc.message)
+            self.audit.record("handlers_reload_failed", by, peer, exc.message)
+            raise
+        for carried in plan.carried:
+            if carried.status in ("reloaded", "started", "dropped"):
+                carried.bucket.replace_handler(carried.info, carried.handler, self.job_executor)
+        self.handlers_module = plan.module
+        self.handlers = plan.module.handlers
+        self.reloads += 1
+        result = plan.describe()
+        for carried in plan.carried:
+            if carried.status == "dropped":
+                log.warning("reload (force): bucket %r lost its state: its handler %r is gone",
+                            carried.bucket.name, carried.bucket.row.handler)
+        log.info(
+            "reloaded handlers module %s (sha256 %s): %d buckets carried over in %.1f ms",
+            plan.module.spec, (plan.module.sha256 or "?")[:12],
+            sum(c.status == "reloaded" for c in plan.carried),
+            result["paused_seconds"] * 1000,
+        )
+        self.audit.record(
+            "handlers_reloaded", by, peer,
+            f"{plan.module.spec} sha256 {plan.module.sha256}"
+            + (" (force)" if force else ""),
+        )
+        return result
+
     async def start(self) -> None:
         config = self.config
-        self.handlers = load_handlers(config.bucket_handlers)
+        self.handlers_module = load_module(config.bucket_handlers)
+        self.handlers = self.handlers_module.handlers
         log.info(
             "loaded handlers module %s: %s",
             config.bucket_handlers,

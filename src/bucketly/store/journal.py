@@ -51,16 +51,20 @@ def record_checksum(bucket: str, seq: int, producer: str | None, producer_seq: i
     return zlib.crc32(payload, zlib.crc32(header))
 
 
-def snapshot_checksum(bucket: str, seq: int, events: int, state: bytes, producers: bytes) -> int:
-    header = f"{bucket}\x00{seq}\x00{events}".encode()
-    return zlib.crc32(producers, zlib.crc32(state, zlib.crc32(header)))
+def snapshot_checksum(bucket: str, seq: int, events: int, state: bytes, producers: bytes,
+                      state_version: int = 1) -> int:
+    header = f"{bucket}\x00{seq}\x00{events}"
+    if state_version != 1:  # so that snapshots written before state versions still match
+        header += f"\x00v{state_version}"
+    return zlib.crc32(producers, zlib.crc32(state, zlib.crc32(header.encode())))
 
 
 def snapshot_row(bucket: str, seq: int, events: int, state: bytes,
-                 producers: bytes) -> tuple[Any, ...]:
-    """A ``durable_snapshots`` row, its checksum and time included."""
-    crc = snapshot_checksum(bucket, seq, events, state, producers)
-    return (bucket, seq, events, state, producers, crc, time.time())
+                 producers: bytes, state_version: int = 1) -> tuple[Any, ...]:
+    """A ``durable_snapshots`` row, its checksum and time included. ``state_version`` is the
+    handler class's (``Handler.state_version``) whose ``snapshot()`` gave ``state``."""
+    crc = snapshot_checksum(bucket, seq, events, state, producers, state_version)
+    return (bucket, seq, events, state, producers, crc, time.time(), state_version)
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -81,8 +85,8 @@ def write_snapshot(conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
     """Store ``row`` (``snapshot_row``) as the bucket's snapshot, replacing the one it had."""
     conn.execute(
         "INSERT OR REPLACE INTO durable_snapshots "
-        "(bucket, seq, events, state, producers, checksum, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "(bucket, seq, events, state, producers, checksum, created_at, state_version) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         row,
     )
 
@@ -159,9 +163,11 @@ def read_head(conn: sqlite3.Connection, bucket: str) -> int:
 
 
 def read_snapshot(conn: sqlite3.Connection, bucket: str) -> tuple[Any, ...] | None:
-    """``(seq, events, state, producers, checksum)`` of ``bucket``'s snapshot, if it has one."""
+    """``(seq, events, state, producers, checksum, state_version)`` of ``bucket``'s snapshot,
+    if it has one."""
     row = conn.execute(
-        "SELECT seq, events, state, producers, checksum FROM durable_snapshots WHERE bucket = ?",
+        "SELECT seq, events, state, producers, checksum, state_version FROM durable_snapshots "
+        "WHERE bucket = ?",
         (bucket,),
     ).fetchone()
     return tuple(row) if row is not None else None

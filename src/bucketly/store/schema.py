@@ -113,4 +113,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE tokens ADD COLUMN expires_at REAL;
         """,
     ),
+    (
+        6,
+        # The shape of a durable snapshot's state (Handler.state_version): a recovery with a
+        # class of another version migrates it (handlers.md, "Reloading handlers").
+        """
+        ALTER TABLE durable_snapshots ADD COLUMN state_version INTEGER NOT NULL DEFAULT 1;
+        """,
+    ),
 ]

@@ -151,5 +151,18 @@ def op_list_handlers(conn: Session, args: dict[str, Any]) -> Any:
 
 
 @op
+def op_handlers_module(conn: Session, args: dict[str, Any]) -> Any:
+    server = conn.server
+    assert server.handlers_module is not None
+    return {**server.handlers_module.describe(), "reloads": server.reloads}
+
+
+@op
+def op_reload(conn: Session, args: dict[str, Any]) -> Any:
+    user = conn.user.name if conn.user is not None else None
+    return conn.server.reload(force=args.get("force", False), by=user, peer=conn.peer_host)
+
+
+@op
 def op_stats(conn: Session, args: dict[str, Any]) -> Any:
     return conn.server.statistics()

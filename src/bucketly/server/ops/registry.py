@@ -21,7 +21,7 @@ from ...protocol import OPS
 if TYPE_CHECKING:
     from ...buckets import Bucket
     from ...buckets.journal import Journal
-    from ...handlers import HandlerInfo
+    from ...handlers import HandlerInfo, HandlersModule
     from ...store import Database, UserRow
     from ..audit import AuditLog
     from ..throttle import AuthThrottle
@@ -63,6 +63,15 @@ class ServerState(Protocol):
 
     @property
     def durable(self) -> Journal: ...
+
+    @property
+    def handlers_module(self) -> HandlersModule | None: ...
+
+    @property
+    def reloads(self) -> int: ...
+
+    def reload(self, *, force: bool = False, by: str | None = None,
+               peer: str | None = None) -> dict[str, Any]: ...
 
     @property
     def grants_version(self) -> int:
