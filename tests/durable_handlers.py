@@ -133,13 +133,22 @@ class Stuck(bucketly.Handler):
     def __init__(self, config):
         super().__init__(config)
         self.pending = []
+        #: What the running job took (not part of the state: see snapshot()).
+        self.taken = []
 
     def on_events(self, events):
         self.pending.extend(events)
 
+    def snapshot(self):
+        return {"pending": list(self.pending)}
+
+    def restore(self, state):
+        self.pending = state["pending"]
+
     @bucketly.every(seconds=3600, config_key="interval")
     def flush(self):
         batch, self.pending = self.pending, []
+        self.taken = batch
 
         def work():
             time.sleep(self.config.get("hang", 20))
@@ -152,3 +161,8 @@ class Stuck(bucketly.Handler):
     @bucketly.view
     def all(self):
         return self.pending
+
+    @bucketly.view
+    def held(self):
+        """What the bucket has, with what its running job took out."""
+        return self.taken + self.pending
