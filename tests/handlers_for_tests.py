@@ -156,3 +156,28 @@ class Exiter(bucketly.Handler):
     @bucketly.view
     def runs(self):
         return self.job_runs
+
+
+class Fragile(bucketly.Handler):
+    """Keeps its events; its ``snapshot()`` raises while the last event was "poison"."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.events = []
+        self.poisoned = False
+
+    def on_event(self, event):
+        self.poisoned = event == "poison"
+        self.events.append(event)
+
+    def snapshot(self):
+        if self.poisoned:
+            raise RuntimeError("snapshot refused on purpose")
+        return {"events": list(self.events)}
+
+    def restore(self, state):
+        self.events = state["events"]
+
+    @bucketly.view
+    def all(self):
+        return self.events

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -173,6 +174,26 @@ def test_bucket_configure(env: dict[str, str]) -> None:
                             "--not-durable").json()["durable"]
     assert bucketly_cli("bucket", "info", "configured").json()["durable"] is False
     assert bucketly_cli("bucket", "configure", "configured").code == 2
+
+
+def test_bucket_persistence_levels_and_the_snapshot_age(env: dict[str, str]) -> None:
+    made = bucketly_cli("bucket", "create", "levels", "EventCounter", "--persistence",
+                        "snapshot", "--snapshot-interval", "3600")
+    assert made.code == 0, made.err
+    assert made.json()["persistence"] == "snapshot"
+    assert "none yet" in bucketly_cli("bucket", "info", "levels", "--table").out
+    # Leaving durable for the snapshot level snapshots the state at once: its age shows.
+    moved = bucketly_cli("bucket", "configure", "levels", "--persistence", "durable")
+    assert moved.json()["persistence"] == "durable"
+    bucketly_cli("bucket", "configure", "levels", "--persistence", "snapshot")
+    info = bucketly_cli("bucket", "info", "levels").json()
+    assert info["persistence"] == "snapshot"
+    assert info["snapshots"]["interval_seconds"] == 3600
+    assert info["snapshots"]["age_seconds"] is not None
+    shown = bucketly_cli("bucket", "info", "levels", "--table").out
+    assert re.search(r"last snapshot\s+[\d.]+ \w+ ago \(8 bytes, every 1h00m\)", shown), shown
+    bad = bucketly_cli("bucket", "configure", "levels", "--snapshot-interval", "0.5")
+    assert bad.code == 2
 
 
 def test_handlers_and_whoami(env: dict[str, str]) -> None:

@@ -113,7 +113,7 @@ def test_no_credentials_means_auth_required(connect: Any) -> None:
 
 def test_handlers_whoami_stats(client: Any) -> None:
     names = {h["name"]: h for h in client.handlers()}
-    assert set(names) == {"Recorder", "BatchCounter", "Publisher", "Exiter"}
+    assert set(names) == {"Recorder", "BatchCounter", "Publisher", "Exiter", "Fragile"}
     assert "count" in names["Recorder"]["views"]
     assert names["Publisher"]["jobs"] == {"publish": 3600.0}
     me = client.whoami()

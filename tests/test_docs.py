@@ -479,7 +479,8 @@ def test_slow_io_pattern_loses_nothing() -> None:
     namespace["write_clicks"] = fake_write_clicks
     cls = namespace["UniqueClicksToPostgres"]
     info = inspect_handler(cls.__name__, cls)
-    bucket = Bucket(BucketRow("clicks", cls.__name__, {"dsn": "postgresql://x"}, False, 0.0), info)
+    row = BucketRow("clicks", cls.__name__, {"dsn": "postgresql://x"}, "memory", 0.0)
+    bucket = Bucket(row, info)
     assert bucket.broken is None
 
     async def scenario() -> None:

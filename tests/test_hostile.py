@@ -220,7 +220,7 @@ def test_malformed_input(
 
 
 def _wrong_value(kind: str) -> Any:
-    return {"str": 1, "int": "1", "bool": 1, "map": [1], "array": {"a": 1}}[kind]
+    return {"str": 1, "int": "1", "number": "1", "bool": 1, "map": [1], "array": {"a": 1}}[kind]
 
 
 def test_wrong_types_for_every_argument_of_every_op(hostile_server: RunningServer) -> None:

@@ -434,12 +434,21 @@ def test_a_file_of_the_last_release_opens_with_its_durable_state(
             admin.send_many("d", [{"p": 0, "i": i} for i in range(150, 160)])
             admin.flush()
     conn = sqlite3.connect(database)
-    conn.execute("ALTER TABLE durable_snapshots DROP COLUMN state_version")
-    conn.execute("PRAGMA user_version = 5")
+    conn.executescript(
+        """
+        ALTER TABLE durable_snapshots DROP COLUMN state_version;
+        ALTER TABLE buckets ADD COLUMN durable INTEGER NOT NULL DEFAULT 0;
+        UPDATE buckets SET durable = (persistence = 'durable');
+        ALTER TABLE buckets DROP COLUMN snapshot_interval;
+        ALTER TABLE buckets DROP COLUMN persistence;
+        PRAGMA user_version = 5;
+        """
+    )
     conn.commit()
     conn.close()
     with run_server(handlers_file, database) as second, second.client() as admin:
         assert admin.view("d", "streams") == {"0": list(range(160))}
+        assert admin.bucket_info("d")["persistence"] == "durable"
     conn = sqlite3.connect(database)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS[-1][0]
     conn.close()

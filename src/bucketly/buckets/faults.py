@@ -28,6 +28,7 @@ FAULT_POINTS = frozenset(
         "snapshot.after_write",  # snapshot row written, journal not compacted, not committed
         "snapshot.after_compact",  # journal compacted too, not committed
         "snapshot.after_commit",  # snapshot and compaction committed, not yet noted in memory
+        "level_snapshot.before_commit",  # a snapshot-level bucket's row written, not committed
     }
 )
 

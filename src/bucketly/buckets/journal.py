@@ -431,35 +431,42 @@ class Journal:
 
     # -- durability on and off, deletion ---------------------------------------------------------
 
-    async def set_durable(self, bucket: Bucket, durable: bool) -> None:
-        """Make ``bucket`` durable (snapshotting its state first) or not (dropping its log)."""
+    async def set_level(self, bucket: Bucket, level: str) -> tuple[Any, ...] | None:
+        """Make ``bucket`` durable (snapshotting its state first), or make a durable bucket
+        ``memory`` (dropping its journal) or ``snapshot`` (its journal replaced by a snapshot
+        of its state), in order with its records. Returns the snapshot row written, if any."""
 
-        async def change() -> None:
+        async def change() -> tuple[Any, ...] | None:
             if self.buckets.get(bucket.name) is not bucket:
                 raise UnknownBucket(f"no bucket named {bucket.name!r}")
+            durable = level == "durable"
             if durable == (bucket.journal is not None):
-                return
-            if not durable:
-                await self.db.set_bucket_durable(bucket.name, False)
+                return None
+            if level == "memory":
+                await self.db.set_bucket_persistence(bucket.name, "memory")
                 bucket.journal = None
-                log.info("bucket %r is no longer durable", bucket.name)
-                return
-            journal = BucketJournal()
+                return None
             state, producers = encode_snapshot(bucket)
             snapshot = tables.snapshot_row(
                 bucket.name, 0, bucket.events, state, producers, _state_version(bucket)
             )
+            if not durable:
+                # Every record queued before is applied: the snapshot holds them all.
+                await self.db.set_bucket_persistence(bucket.name, level, snapshot)
+                bucket.journal = None
+                return snapshot
             # Sends that arrive while the snapshot is written are queued behind this action as
             # durable records; if the write fails they are applied as ordinary sends.
-            bucket.journal = journal
+            bucket.journal = BucketJournal()
             try:
-                await self.db.set_bucket_durable(bucket.name, True, snapshot)
+                await self.db.set_bucket_persistence(bucket.name, "durable", snapshot)
             except BaseException:
                 bucket.journal = None
                 raise
             log.info("bucket %r is now durable (snapshot of %d bytes)", bucket.name, len(state))
+            return snapshot
 
-        await self.in_order(change)
+        return await self.in_order(change)
 
     async def delete(self, bucket: Bucket) -> None:
         """Delete the bucket's definition and durable state, in order with its records."""

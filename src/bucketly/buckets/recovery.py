@@ -1,4 +1,5 @@
-"""Recovery: rebuild each durable bucket from its journal at start-up, or refuse to.
+"""Recovery: rebuild each durable bucket from its journal at start-up, or refuse to; restore
+each snapshot-level bucket from its snapshot.
 
 A durable bucket's state is its snapshot plus the journal records after it, applied in order
 (``buckets.journal``). Recovery reads them back from the database file and checks that they are
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadFrame, DataLossDetected, HandlerError
 from ..protocol.messages import unpack
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ..store import Database
     from .runtime import Bucket
 
-__all__ = ["RECOVERY_CHUNK", "forget_deleted", "recover"]
+__all__ = ["RECOVERY_CHUNK", "forget_deleted", "recover", "recover_snapshot_level"]
 
 log = logging.getLogger("bucketly.durability")
 
@@ -35,8 +36,8 @@ RECOVERY_CHUNK = 256
 
 
 async def forget_deleted(db: Database) -> None:
-    """Delete durable rows of buckets that are not durable (left by an older bucketly)."""
-    durable = {name for name, row in db.buckets.items() if row.durable}
+    """Delete the journal rows of buckets kept in memory only (left by an older bucketly)."""
+    durable = {name for name, row in db.buckets.items() if row.persistence != "memory"}
 
     dropped = await db.write(lambda conn: tables.drop_orphans(conn, durable))
     if dropped:
@@ -58,36 +59,17 @@ async def recover(db: Database, bucket: Bucket, *, accept_loss: bool = False) ->
     head: int = await db.read(lambda conn: tables.read_head(conn, name))
     snapshot = await db.read(lambda conn: tables.read_snapshot(conn, name))
     if snapshot is not None:
-        seq, events, state, producers, crc, version = snapshot
-        if tables.snapshot_checksum(name, seq, events, state, producers, version) != crc:
-            damage = (
-                f"the snapshot of durable bucket {name!r} is damaged (its checksum does "
-                f"not match), and the log it replaced is gone"
-            )
+        seq = snapshot[0]
+        damage = _restore_snapshot(bucket, snapshot, "durable bucket")
+        if damage is not None:
+            damage += ", and the log it replaced is gone"
             if not accept_loss:
                 raise _damaged(db, damage)
             await db.write(partial(tables.truncate, bucket=name, seq=0, snapshot=True))
             bucket.journal = BucketJournal()
             return f"{damage}: the bucket starts empty; records 1 to {head} are lost"
-        assert bucket.info is not None
-        current = bucket.info.state_version
-        step = "restore"
-        try:
-            restored = unpack_state(state)
-            if version != current:  # taken by another version of the class (a reload)
-                step = "migrate"
-                restored = bucket.handler.migrate(restored, version)
-                step = "restore"
-            bucket.handler.restore(restored)
-        except BaseException as exc:
-            bucket.broken = (
-                f"durable bucket {name!r}: {bucket.row.handler}.{step} failed on its "
-                f"snapshot (state_version {version}): {exc!r}; its log is kept until the "
-                "handler can read it"
-            )
+        if bucket.broken:
             return None
-        bucket.events = events
-        bucket.restore_producers(unpack(producers))
         journal = BucketJournal(seq)
     expected = journal.seq + 1
     # The first record the handler raised on, its error, and how many it raised on.
@@ -169,6 +151,62 @@ async def recover(db: Database, bucket: Bucket, *, accept_loss: bool = False) ->
         time.perf_counter() - started,
     )
     return loss
+
+async def recover_snapshot_level(
+    db: Database, bucket: Bucket, *, accept_loss: bool = False
+) -> tuple[str | None, float | None, int]:
+    """Restore a snapshot-level bucket from its snapshot, if it has one.
+
+    Returns ``(loss, taken_at, size)``: what ``accept_loss`` gave up (or None), the snapshot's
+    Unix time (None: none, the bucket starts empty) and its state's size. Raises
+    ``DataLossDetected`` for a damaged snapshot, as ``recover`` does.
+    """
+    name = bucket.name
+    snapshot = await db.read(lambda conn: tables.read_snapshot(conn, name))
+    if snapshot is None:
+        return None, None, 0
+    damage = _restore_snapshot(bucket, snapshot, "snapshot-level bucket")
+    if damage is not None:
+        if not accept_loss:
+            raise _damaged(db, damage)
+        await db.write(partial(tables.truncate, bucket=name, seq=0, snapshot=True))
+        return f"{damage}: the bucket starts empty", None, 0
+    taken_at = snapshot[6]
+    if not bucket.broken:
+        log.info("restored snapshot-level bucket %r from its snapshot of %s (%d events)",
+                 name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(taken_at)),
+                 bucket.events)
+    return None, taken_at, len(snapshot[2])
+
+
+def _restore_snapshot(bucket: Bucket, snapshot: tuple[Any, ...], kind: str) -> str | None:
+    """Restore ``bucket`` from a ``read_snapshot`` row. Returns what is damaged (the row
+    fails its checksum), or None; a handler that cannot take it leaves ``bucket.broken``."""
+    name = bucket.name
+    seq, events, state, producers, crc, version, _ = snapshot
+    if tables.snapshot_checksum(name, seq, events, state, producers, version) != crc:
+        return f"the snapshot of {kind} {name!r} is damaged (its checksum does not match)"
+    assert bucket.info is not None
+    current = bucket.info.state_version
+    step = "restore"
+    try:
+        restored = unpack_state(state)
+        if version != current:  # taken by another version of the class (a reload)
+            step = "migrate"
+            restored = bucket.handler.migrate(restored, version)
+            step = "restore"
+        bucket.handler.restore(restored)
+    except BaseException as exc:
+        bucket.broken = (
+            f"{kind} {name!r}: {bucket.row.handler}.{step} failed on its snapshot "
+            f"(state_version {version}): {exc!r}; its "
+            f"{'log' if bucket.row.durable else 'snapshot'} is kept until the handler can read it"
+        )
+        return None
+    bucket.events = events
+    bucket.restore_producers(unpack(producers))
+    return None
+
 
 def _damaged(db: Database, problem: str) -> DataLossDetected:
     return DataLossDetected(

@@ -120,7 +120,8 @@ def _carry(bucket: Bucket, module: HandlersModule) -> Carried:
     info = module.handlers.get(bucket.row.handler)
     if info is None:
         return Carried(bucket, None, None, "dropped")
-    if bucket.broken is not None and bucket.row.durable:
+    if bucket.broken is not None and bucket.row.persistence != "memory":
+        # Its state is in the database file, unread: a restart with the class restores it.
         return Carried(bucket, None, None, "unavailable")
     try:
         handler = info.cls(dict(bucket.row.config))

@@ -33,6 +33,7 @@ from ..store import BucketRow
 
 if TYPE_CHECKING:
     from .records import BucketJournal
+    from .snapshots import BucketSnapshots
 
 __all__ = ["Bucket", "JobRunner"]
 
@@ -67,6 +68,8 @@ class Bucket:
         self.jobs: dict[str, JobRunner] = {}
         #: Where the journal stands; None while the bucket is not durable (buckets/journal.py).
         self.journal: BucketJournal | None = None
+        #: Where its snapshots stand; None unless it is at the snapshot level (snapshots.py).
+        self.snapshots: BucketSnapshots | None = None
         #: The last sequence number applied per producer (client), to recognise resends: the
         #: producers heard from in this retention period, and in the one before.
         self.producers: dict[str, int] = {}
@@ -218,6 +221,7 @@ class Bucket:
             "name": self.name,
             "handler": self.row.handler,
             "config": self.row.config,
+            "persistence": self.row.persistence,
             "durable": self.row.durable,
             "created_at": self.row.created_at,
             "events": self.events,
@@ -230,6 +234,7 @@ class Bucket:
         return {
             "events": self.events,
             "handler_errors": self.errors,
+            "persistence": self.row.persistence,
             "durable": self.row.durable,
             "jobs": {name: job.statistics() for name, job in self.jobs.items()},
         }

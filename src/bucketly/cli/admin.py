@@ -9,6 +9,7 @@ import click
 from rich.text import Text
 
 from ..errors import AuthRequired
+from ..protocol.ops import PERSISTENCE_LEVELS
 from . import output as out
 from .base import (
     HELP_WIDTH,
@@ -37,12 +38,18 @@ def bucket() -> None:
 @click.argument("handler")
 @click.option("--config", "config_json", metavar="JSON",
               help="""The handler's configuration, a JSON object: --config '{"key": "url"}'.""")
-@click.option("--durable", is_flag=True,
-              help="Keep acknowledged events through crashes (written to the database first).")
-def bucket_create(bucket: str, handler: str, config_json: str | None, durable: bool) -> None:
+@click.option("--persistence", type=click.Choice(PERSISTENCE_LEVELS),
+              help="What survives the server: memory (the default), snapshot (the state as of "
+                   "its last snapshot) or durable (every acknowledged event).")
+@click.option("--durable", is_flag=True, help="The same as --persistence durable.")
+@click.option("--snapshot-interval", type=click.FloatRange(1, 86400), metavar="SECONDS",
+              help="Seconds between the snapshots of a snapshot-level bucket (default 60).")
+def bucket_create(bucket: str, handler: str, config_json: str | None, persistence: str | None,
+                  durable: bool, snapshot_interval: float | None) -> None:
     """Create BUCKET, aggregating with HANDLER (a class of the server's handlers module).
 
-    See the handlers with 'bucketly handlers'.
+    See the handlers with 'bucketly handlers', and docs/durability.md for the persistence
+    levels.
     """
     config = None
     if config_json is not None:
@@ -50,9 +57,12 @@ def bucket_create(bucket: str, handler: str, config_json: str | None, durable: b
         if not isinstance(config, dict):
             raise CliError("--config must be a JSON object, like '{\"key\": \"url\"}'", EXIT_USAGE)
     invocation = current_invocation()
-    info = invocation.client().create_bucket(bucket, handler, config, durable)
+    info = invocation.client().create_bucket(
+        bucket, handler, config, durable, persistence=persistence,
+        snapshot_interval=snapshot_interval,
+    )
     invocation.output().message(
-        f"created bucket {bucket} (handler {handler}{', durable' if durable else ''})", info
+        f"created bucket {bucket} (handler {handler}, {info.get('persistence', 'memory')})", info
     )
 
 
@@ -73,16 +83,26 @@ def bucket_info(bucket: str) -> None:
 
 @bucket.command("configure")
 @click.argument("bucket")
+@click.option("--persistence", type=click.Choice(PERSISTENCE_LEVELS),
+              help="Move it to memory, snapshot or durable (docs/durability.md).")
 @click.option("--durable/--not-durable", default=None,
-              help="Keep acknowledged events through crashes, or stop doing so.")
-def bucket_configure(bucket: str, durable: bool | None) -> None:
+              help="The same as --persistence durable / --persistence memory.")
+@click.option("--snapshot-interval", type=click.FloatRange(1, 86400), metavar="SECONDS",
+              help="Seconds between its snapshots at the snapshot level.")
+def bucket_configure(bucket: str, persistence: str | None, durable: bool | None,
+                     snapshot_interval: float | None) -> None:
     """Change the settings of BUCKET."""
-    if durable is None:
-        raise click.UsageError("nothing to change: give --durable or --not-durable")
+    if durable is None and persistence is None and snapshot_interval is None:
+        raise click.UsageError(
+            "nothing to change: give --persistence, --durable, --not-durable or "
+            "--snapshot-interval"
+        )
     invocation = current_invocation()
-    info = invocation.client().configure_bucket(bucket, durable=durable)
+    info = invocation.client().configure_bucket(
+        bucket, durable=durable, persistence=persistence, snapshot_interval=snapshot_interval
+    )
     invocation.output().message(
-        f"bucket {bucket} is {'now' if durable else 'no longer'} durable", info
+        f"bucket {bucket} is kept at persistence level {info.get('persistence')}", info
     )
 
 

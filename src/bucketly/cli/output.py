@@ -323,14 +323,14 @@ def format_rate(rate: float | None) -> str:
 def render_buckets(buckets: list[dict[str, Any]]) -> RenderableType:
     if not buckets:
         return Text("no buckets (create one with: bucketly bucket create NAME HANDLER)")
-    table = _table("name", "handler", "events", "durable", "created", "config")
+    table = _table("name", "handler", "events", "persistence", "created", "config")
     for info in buckets:
         name = info.get("name", "")
         if info.get("broken"):
             name += " (broken)"
         table.add_row(
             name, str(info.get("handler", "")), f"{info.get('events', 0):,}",
-            "yes" if info.get("durable") else "no", format_time(info.get("created_at")),
+            _persistence(info), format_time(info.get("created_at")),
             to_json(info.get("config") or {}),
         )
     return table
@@ -338,7 +338,8 @@ def render_buckets(buckets: list[dict[str, Any]]) -> RenderableType:
 
 def render_bucket_info(info: dict[str, Any]) -> RenderableType:
     table = _table("", "", show_header=False)
-    for key in ("name", "handler", "durable", "events", "created_at", "config", "broken"):
+    shown_first = ("name", "handler", "persistence", "events", "created_at", "config", "broken")
+    for key in shown_first:
         if key not in info:
             continue
         value = info[key]
@@ -346,14 +347,23 @@ def render_bucket_info(info: dict[str, Any]) -> RenderableType:
             shown = format_time(value)
         elif key == "events":
             shown = f"{value:,}"
-        elif key == "durable":
-            shown = "yes" if value else "no"
+        elif key == "persistence":
+            shown = _persistence(info)
         else:
             shown = _cell(value)
         table.add_row(key, shown)
+    snapshots = info.get("snapshots")
+    if snapshots:
+        age = snapshots.get("age_seconds")
+        table.add_row(
+            "last snapshot",
+            "none yet" if age is None else
+            f"{format_duration(age)} ago ({snapshots.get('bytes', 0):,} bytes, every "
+            f"{format_duration(snapshots.get('interval_seconds', 0))})"
+            + (f"; failing: {snapshots['error']}" if snapshots.get("error") else ""),
+        )
     for key, value in info.items():
-        if key not in ("name", "handler", "durable", "events", "created_at", "config", "broken",
-                       "jobs"):
+        if key not in (*shown_first, "durable", "jobs", "snapshots"):
             table.add_row(key, _cell(value))
     jobs = info.get("jobs") or {}
     if not jobs:
@@ -462,13 +472,13 @@ def render_stats(stats: dict[str, Any], rates: dict[str, float] | None = None,
         head.append(", ")
         head.append(format_rate(total_rate), style="bold green")
     buckets = stats.get("buckets") or {}
-    columns = ["bucket", "events"] + (["events/s"] if watching else []) + ["durable", "jobs"]
+    columns = ["bucket", "events"] + (["events/s"] if watching else []) + ["persistence", "jobs"]
     table = _table(*columns)
     for name, info in buckets.items():
         row = [name, f"{info.get('events', 0):,}"]
         if watching:
             row.append(format_rate((rates or {}).get(name)))
-        row += ["yes" if info.get("durable") else "no", str(len(info.get("jobs") or {}))]
+        row += [_persistence(info), str(len(info.get("jobs") or {}))]
         table.add_row(*row)
     parts: list[RenderableType] = [head, table if buckets else Text("no buckets")]
     jobs = {name: info["jobs"] for name, info in buckets.items() if info.get("jobs")}
@@ -485,3 +495,8 @@ def render_tokens(tokens: list[Any]) -> RenderableType:
 
 def write_error(line: str) -> None:
     click.echo(f"bucketly: error: {line}", err=True)
+
+
+def _persistence(info: dict[str, Any]) -> str:
+    """A bucket's persistence level (a server before levels said only whether durable)."""
+    return str(info.get("persistence") or ("durable" if info.get("durable") else "memory"))

@@ -42,26 +42,53 @@ class Commands:
         handler: str,
         config: dict[str, Any] | None = None,
         durable: bool = False,
+        *,
+        persistence: str | None = None,
+        snapshot_interval: float | None = None,
     ) -> Any:
         """Create bucket ``name`` using ``handler`` (a class of the server's handlers module).
 
-        ``config`` is passed to the handler's ``__init__``. Returns the bucket's info.
-        Raises ``BucketExists``, ``UnknownHandler`` or ``HandlerError`` (config rejected).
+        ``config`` is passed to the handler's ``__init__``. ``persistence`` says what survives
+        the server: ``"memory"`` (the default), ``"snapshot"`` (the state as of its last
+        snapshot, taken every ``snapshot_interval`` seconds, default 60, and at shutdown) or
+        ``"durable"`` (every acknowledged event; ``durable=True`` says the same). Returns the
+        bucket's info. Raises ``BucketExists``, ``UnknownHandler`` or ``HandlerError``
+        (config rejected); docs/durability.md compares the levels.
         """
-        args: dict[str, Any] = {"bucket": name, "handler": handler, "durable": durable}
+        args: dict[str, Any] = {"bucket": name, "handler": handler}
+        if durable:
+            args["durable"] = True
+        if persistence is not None:
+            args["persistence"] = persistence
+        if snapshot_interval is not None:
+            args["snapshot_interval"] = snapshot_interval
         if config is not None:
             args["config"] = config
         return self._call("create_bucket", args)
 
-    def configure_bucket(self, name: str, *, durable: bool | None = None) -> Any:
+    def configure_bucket(
+        self,
+        name: str,
+        *,
+        durable: bool | None = None,
+        persistence: str | None = None,
+        snapshot_interval: float | None = None,
+    ) -> Any:
         """Change bucket ``name``'s settings; returns its info (needs ``configure``).
 
-        ``durable=True`` snapshots the bucket's state and logs every later send to disk before
-        acknowledging it; ``durable=False`` drops its log (docs/durability.md).
+        ``persistence`` moves it between ``"memory"``, ``"snapshot"`` and ``"durable"``:
+        becoming durable snapshots its state and logs every later send to disk before
+        acknowledging it; leaving durable drops its log (for ``"snapshot"``, after a snapshot
+        of its state). ``durable=True``/``False`` is ``"durable"``/``"memory"``.
+        ``snapshot_interval``: seconds between its snapshots at the snapshot level.
         """
         args: dict[str, Any] = {"bucket": name}
         if durable is not None:
             args["durable"] = durable
+        if persistence is not None:
+            args["persistence"] = persistence
+        if snapshot_interval is not None:
+            args["snapshot_interval"] = snapshot_interval
         return self._call("configure_bucket", args)
 
     def delete_bucket(self, name: str) -> Any:
@@ -73,7 +100,8 @@ class Commands:
         return self._call("list_buckets", {})
 
     def bucket_info(self, name: str) -> Any:
-        """Describe bucket ``name``: handler, config, durable flag, events, job statistics."""
+        """Describe bucket ``name``: handler, config, persistence (and its snapshot's age),
+        events, job statistics."""
         return self._call("bucket_info", {"bucket": name})
 
     def handlers(self) -> Any:

@@ -22,6 +22,7 @@ __all__ = [
     "OPS",
     "PATTERN_RE",
     "PERMISSIONS",
+    "PERSISTENCE_LEVELS",
     "USER_NAME_RE",
     "Arg",
     "Op",
@@ -54,11 +55,19 @@ MAX_PATTERN_LENGTH = MAX_BUCKET_NAME_LENGTH
 PATTERN_RE = re.compile(rf"[A-Za-z0-9_.:\-*?\[\]!]{{1,{MAX_PATTERN_LENGTH}}}")
 _GLOB_CHARS = frozenset("*?[]!")
 
-ArgType = Literal["str", "int", "bool", "map", "array", "any"]
+#: How much of a bucket's state survives the server (``persistence`` of ``create_bucket``):
+#: ``memory``, nothing (the state lives in memory only); ``snapshot``, the state as of its
+#: last snapshot, taken every ``snapshot_interval`` seconds and at shutdown
+#: (buckets/snapshots.py); ``durable``, every acknowledged event, even on kill -9
+#: (buckets/journal.py). docs/durability.md compares them.
+PERSISTENCE_LEVELS = ("memory", "snapshot", "durable")
+
+ArgType = Literal["str", "int", "number", "bool", "map", "array", "any"]
 
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "int": (int,),
+    "number": (int, float),
     "bool": (bool,),
     "map": (dict,),
     "array": (list,),
@@ -229,7 +238,12 @@ OPS: dict[str, Op] = {
                 _BUCKET,
                 Arg("handler", "str", doc="handler class name"),
                 Arg("config", "map", False, "passed to the handler's __init__ (default {})"),
-                Arg("durable", "bool", False, "keep acknowledged events through crashes"),
+                Arg("persistence", "str", False, "what survives the server: `memory` (the "
+                    "default), `snapshot` (the state as of the last snapshot) or `durable` "
+                    "(every acknowledged event)"),
+                Arg("durable", "bool", False, "true: the same as persistence `durable`"),
+                Arg("snapshot_interval", "number", False, "seconds between the snapshots of "
+                    "a snapshot-level bucket, 1 to 86400 (default 60)"),
             ),
             scope="bucket",
             permission="buckets.create",
@@ -251,10 +265,14 @@ OPS: dict[str, Op] = {
         ),
         Op(
             "configure_bucket",
-            "Change a bucket's settings: whether it is durable.",
+            "Change a bucket's settings: its persistence level, its snapshot interval.",
             (
                 _BUCKET,
-                Arg("durable", "bool", False, "make the bucket durable (true) or not (false)"),
+                Arg("persistence", "str", False, "move it to `memory`, `snapshot` or "
+                    "`durable`"),
+                Arg("durable", "bool", False, "true: persistence `durable`; false: `memory`"),
+                Arg("snapshot_interval", "number", False, "seconds between its snapshots at "
+                    "the snapshot level, 1 to 86400"),
             ),
             scope="bucket",
             permission="configure",
@@ -453,7 +471,7 @@ def validate_args(op: Op, args: dict[str, Any]) -> None:
             continue
         value = args[arg.name]
         ok = isinstance(value, _PYTHON_TYPES[arg.type])
-        if arg.type == "int" and isinstance(value, bool):
+        if arg.type in ("int", "number") and isinstance(value, bool):
             ok = False
         if not ok:
             raise BadArgument(

@@ -189,6 +189,14 @@ class ServerConfig:
         "Seconds after which a durable bucket that has logged any event since its last "
         "snapshot is snapshotted anyway, so that a slow bucket's log does not linger.",
     )
+    snapshot_encoding: str = _option(
+        "fork",
+        "Where a snapshot-level bucket's periodic snapshot is encoded: fork, in a child process "
+        "(copy-on-write, like Redis's BGSAVE), so the event loop pauses only for fork() while a "
+        "large state is encoded; loop, on the event loop, which pauses ingestion for the whole "
+        "snapshot() and encoding, but needs no memory for a child (see docs/durability.md).",
+        choices=("fork", "loop"),
+    )
     accept_data_loss: bool = _option(
         False,
         "Start even though the database file has lost data it had committed (its -wal file "

@@ -25,6 +25,7 @@ from .. import __version__
 from ..buckets import Bucket, recovery
 from ..buckets import reload as reloading
 from ..buckets.journal import Journal
+from ..buckets.snapshots import Snapshots
 from ..buckets.workers import WorkerThreads
 from ..errors import ConfigError, DataLossDetected, ReloadFailed, ShuttingDown, StorageError
 from ..handlers import HandlerInfo, HandlersModule, load_module
@@ -74,6 +75,11 @@ class Server:
             snapshot_seconds=config.snapshot_seconds,
             producer_retention=config.producer_retention,
             max_bucket_queue=config.max_bucket_queue,
+        )
+        #: Snapshot-level buckets: snapshots every few seconds and at shutdown (snapshots.py).
+        self.snapshots = Snapshots(
+            self.db, self.buckets, self.durable, faults=self.durable.fault,
+            fork=config.snapshot_encoding == "fork",
         )
         self.audit = AuditLog(self.db)
         self.throttle = AuthThrottle(config.auth_free_failures, config.auth_max_delay)
@@ -261,7 +267,7 @@ class Server:
         await recovery.forget_deleted(self.db)
         for row in list(self.db.buckets.values()):
             bucket = Bucket(row, self.handlers.get(row.handler))
-            if row.durable and not bucket.broken:
+            if row.persistence != "memory" and not bucket.broken:
                 # Before its jobs start: they must see the recovered state.
                 await self._recover(bucket)
             if bucket.broken:
@@ -270,6 +276,7 @@ class Server:
         if self.buckets:
             log.info("restored %d bucket definitions", len(self.buckets))
         self.durable.start()
+        self.snapshots.start()
         self._tune_gc()
         self._sweeper = loop.create_task(self._sweep())
         await self._listener.start_serving()
@@ -282,10 +289,19 @@ class Server:
         log.log(level, "bucketlyd ready on %s:%d", *self.address)
 
     async def _recover(self, bucket: Bucket) -> None:
-        """Recover a durable bucket; on damage, stop the start, unless told otherwise."""
+        """Recover a durable or snapshot-level bucket; on damage, stop the start, unless told
+        otherwise."""
         config = self.config
         try:
-            loss = await recovery.recover(self.db, bucket, accept_loss=config.accept_data_loss)
+            if bucket.row.persistence == "snapshot":
+                loss, taken_at, size = await recovery.recover_snapshot_level(
+                    self.db, bucket, accept_loss=config.accept_data_loss
+                )
+                self.snapshots.restored(bucket, taken_at, size)
+            else:
+                loss = await recovery.recover(
+                    self.db, bucket, accept_loss=config.accept_data_loss
+                )
         except DataLossDetected as exc:
             if not config.quarantine_damaged:
                 raise  # the message says what is damaged, and the ways out
@@ -414,6 +430,7 @@ class Server:
         # No time-based snapshot from here on: one taken while a job's final run has its data
         # out of the state would lose that data if the run never finishes.
         self.durable.stop_maintenance()
+        await self.snapshots.stop_maintenance()
         unfinished: set[Bucket] = set()
         if any(bucket.jobs for bucket in self.buckets.values()):
             log.info("shutdown: stopping scheduled jobs and running each a final time")
@@ -427,6 +444,7 @@ class Server:
         self.auth_executor.shutdown(wait=False, cancel_futures=True)
         # After the jobs' final runs, so that what they changed is in the snapshots.
         await self.durable.stop(skip=unfinished)
+        await self.snapshots.stop(skip=unfinished)
         await self.audit.flush()
         log.info("shutdown: closing the database file")
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)
@@ -455,12 +473,16 @@ class Server:
             timeout,
             ", ".join(f"{bucket.name}.{name}" for bucket, name in running) or "none",
         )
-        kept = {bucket for bucket, _ in running if bucket.journal is not None}
+        kept = {
+            bucket for bucket, _ in running
+            if bucket.journal is not None or bucket.snapshots is not None
+        }
         for bucket in kept:
             log.warning(
-                "shutdown: durable bucket %r is not snapshotted, so that the next start "
-                "rebuilds the data its unfinished job had taken (from its last snapshot and log)",
-                bucket.name,
+                "shutdown: %s bucket %r is not snapshotted, so that the next start "
+                "rebuilds the data its unfinished job had taken (from its last snapshot%s)",
+                bucket.row.persistence, bucket.name,
+                " and log" if bucket.journal is not None else "",
             )
         return kept
 
@@ -474,4 +496,5 @@ class Server:
             "events": self.events_applied(),
             "buckets": buckets,
             "durable_log": self.durable.statistics(),
+            "snapshots": self.snapshots.statistics(),
         }

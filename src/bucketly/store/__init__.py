@@ -2,9 +2,10 @@
 
 from .database import Database
 from .passwords import hash_password, verify_password
-from .rows import AuditEntry, BucketRow, TokenRow, UserRow
+from .rows import PERSISTENCE_LEVELS, AuditEntry, BucketRow, TokenRow, UserRow
 
 __all__ = [
+    "PERSISTENCE_LEVELS",
     "AuditEntry",
     "BucketRow",
     "Database",

@@ -176,9 +176,10 @@ class Database:
 
     def _load(self, conn: sqlite3.Connection) -> None:
         self.buckets = {
-            row[0]: BucketRow(row[0], row[1], unpack(row[2]), bool(row[3]), row[4])
+            row[0]: BucketRow(row[0], row[1], unpack(row[2]), row[3], row[4], row[5])
             for row in conn.execute(
-                "SELECT name, handler, config, durable, created_at FROM buckets"
+                "SELECT name, handler, config, persistence, created_at, snapshot_interval "
+                "FROM buckets"
             )
         }
         self.users = {
@@ -274,8 +275,10 @@ class Database:
     async def insert_bucket(self, row: BucketRow) -> None:
         def insert(c: sqlite3.Connection) -> None:
             c.execute(
-                "INSERT INTO buckets VALUES (?, ?, ?, ?, ?)",
-                (row.name, row.handler, pack(row.config), int(row.durable), row.created_at),
+                "INSERT INTO buckets (name, handler, config, persistence, created_at, "
+                "snapshot_interval) VALUES (?, ?, ?, ?, ?, ?)",
+                (row.name, row.handler, pack(row.config), row.persistence, row.created_at,
+                 row.snapshot_interval),
             )
             # A new bucket's journal starts empty, whatever a bucket of that name left.
             journal.drop_bucket(c, row.name)
@@ -293,21 +296,32 @@ class Database:
         await self.write(delete)
         self.buckets.pop(name, None)
 
-    async def set_bucket_durable(
-        self, name: str, durable: bool, snapshot: tuple[Any, ...] | None = None
+    async def set_bucket_persistence(
+        self, name: str, persistence: str, snapshot: tuple[Any, ...] | None = None
     ) -> None:
-        """Switch durability: drop any journal and, when on, store ``snapshot`` (a
-        ``journal.snapshot_row``) as where its journal starts; all in one transaction."""
+        """Switch the bucket's persistence level (``rows.PERSISTENCE_LEVELS``): drop its
+        journal and snapshot and, if given, store ``snapshot`` (a ``journal.snapshot_row``) as
+        its new one (a durable bucket's journal starts there); all in one transaction."""
 
         def change(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE buckets SET durable = ? WHERE name = ?", (int(durable), name))
+            c.execute("UPDATE buckets SET persistence = ? WHERE name = ?", (persistence, name))
             journal.drop_bucket(c, name)
             if snapshot is not None:
                 journal.write_snapshot(c, snapshot)
-                journal.note_head(c, name, snapshot[1])
+                if persistence == "durable":
+                    journal.note_head(c, name, snapshot[1])
 
         await self.write(change)
-        self.buckets[name].durable = durable
+        self.buckets[name].persistence = persistence
+
+    async def set_snapshot_interval(self, name: str, seconds: float | None) -> None:
+        """Set the seconds between a snapshot-level bucket's snapshots (None: the default)."""
+
+        def change(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE buckets SET snapshot_interval = ? WHERE name = ?", (seconds, name))
+
+        await self.write(change)
+        self.buckets[name].snapshot_interval = seconds
 
     async def set_password(self, user: str, password_hash: str) -> list[int]:
         """Change the password and, in the same transaction, revoke every token of the user (a

@@ -6,6 +6,9 @@ with a CRC-32 of its payload and of every field that says where it belongs), and
 (``durable_heads``: the newest record ever committed, which recovery must reach). The tables kept
 the names they had before the word "journal" was (``log`` means the logger in the code).
 
+A snapshot-level bucket (buckets/snapshots.py) has a row in ``durable_snapshots`` too, at record
+0, and neither records nor a head.
+
 Each function takes the SQLite connection of the caller's transaction: callers are
 ``buckets.journal`` (commits, snapshots), ``buckets.recovery`` and ``Database`` (creating,
 deleting and switching buckets), and each statement is written here once.
@@ -163,11 +166,11 @@ def read_head(conn: sqlite3.Connection, bucket: str) -> int:
 
 
 def read_snapshot(conn: sqlite3.Connection, bucket: str) -> tuple[Any, ...] | None:
-    """``(seq, events, state, producers, checksum, state_version)`` of ``bucket``'s snapshot,
-    if it has one."""
+    """``(seq, events, state, producers, checksum, state_version, created_at)`` of
+    ``bucket``'s snapshot, if it has one."""
     row = conn.execute(
-        "SELECT seq, events, state, producers, checksum, state_version FROM durable_snapshots "
-        "WHERE bucket = ?",
+        "SELECT seq, events, state, producers, checksum, state_version, created_at "
+        "FROM durable_snapshots WHERE bucket = ?",
         (bucket,),
     ).fetchone()
     return tuple(row) if row is not None else None

@@ -10,8 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.messages import pack
+from ..protocol.ops import PERSISTENCE_LEVELS
 
-__all__ = ["INITIAL_ADMIN", "AuditEntry", "BucketRow", "TokenRow", "UserRow", "grants_column"]
+__all__ = [
+    "INITIAL_ADMIN",
+    "PERSISTENCE_LEVELS",
+    "AuditEntry",
+    "BucketRow",
+    "TokenRow",
+    "UserRow",
+    "grants_column",
+]
 
 #: The user created in an empty database file, and the password it starts with.
 INITIAL_ADMIN = ("admin", "admin")
@@ -22,8 +31,16 @@ class BucketRow:
     name: str
     handler: str
     config: dict[str, Any]
-    durable: bool
+    #: One of ``PERSISTENCE_LEVELS``.
+    persistence: str
     created_at: float
+    #: Seconds between two snapshots of a snapshot-level bucket; None: the default
+    #: (``buckets.snapshots.DEFAULT_SNAPSHOT_INTERVAL``).
+    snapshot_interval: float | None = None
+
+    @property
+    def durable(self) -> bool:
+        return self.persistence == "durable"
 
 
 @dataclass(slots=True)

@@ -121,4 +121,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE durable_snapshots ADD COLUMN state_version INTEGER NOT NULL DEFAULT 1;
         """,
     ),
+    (
+        7,
+        # Three persistence levels instead of durable or not (rows.PERSISTENCE_LEVELS), and the
+        # interval of a snapshot-level bucket's snapshots (NULL: the default). A snapshot-level
+        # bucket keeps its snapshot in durable_snapshots, with no log.
+        """
+        ALTER TABLE buckets ADD COLUMN persistence TEXT NOT NULL DEFAULT 'memory'
+            CHECK (persistence IN ('memory', 'snapshot', 'durable'));
+        ALTER TABLE buckets ADD COLUMN snapshot_interval REAL;
+        UPDATE buckets SET persistence = 'durable' WHERE durable = 1;
+        ALTER TABLE buckets DROP COLUMN durable
+        """,
+    ),
 ]

@@ -11,9 +11,10 @@ from typing import Any
 
 from ...buckets import Bucket
 from ...buckets.records import BucketJournal
+from ...buckets.snapshots import check_interval
 from ...errors import BadArgument, BucketExists, HandlerError, UnknownHandler
 from ...protocol import PROTOCOL_VERSION, check_bucket_name
-from ...store import BucketRow
+from ...store import PERSISTENCE_LEVELS, BucketRow
 from .registry import Session, op
 
 __all__: list[str] = []
@@ -57,7 +58,10 @@ async def op_create_bucket(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     name, handler_name = args["bucket"], args["handler"]
     config = args.get("config") or {}
-    durable = args.get("durable", False)
+    persistence = _persistence(args) or "memory"
+    interval = args.get("snapshot_interval")
+    if interval is not None:
+        interval = check_interval(interval)
     check_bucket_name(name)
     info = server.handlers.get(handler_name)
     if info is None:
@@ -67,7 +71,7 @@ async def op_create_bucket(conn: Session, args: dict[str, Any]) -> Any:
         )
     if name in server.buckets or name in server.creating:
         raise BucketExists(f"bucket {name!r} exists already")
-    row = BucketRow(name, handler_name, config, durable, time.time())
+    row = BucketRow(name, handler_name, config, persistence, time.time(), interval)
     # Build the handler before storing anything: a config it rejects leaves no trace.
     bucket = Bucket(row, info)
     if bucket.broken:
@@ -77,15 +81,17 @@ async def op_create_bucket(conn: Session, args: dict[str, Any]) -> Any:
         await server.db.insert_bucket(row)
     finally:
         server.creating.discard(name)
-    if durable:
+    if persistence == "durable":
         bucket.journal = BucketJournal()
+    elif persistence == "snapshot":
+        server.snapshots.restored(bucket, None, 0)
     server.add_bucket(bucket)
     server.log.info(
-        "user %r created bucket %r (handler %s%s)",
+        "user %r created bucket %r (handler %s, %s)",
         conn.user.name if conn.user else None,
         name,
         handler_name,
-        ", durable" if durable else "",
+        persistence,
     )
     return bucket.describe()
 
@@ -110,6 +116,7 @@ def op_bucket_info(conn: Session, args: dict[str, Any]) -> Any:
     info = bucket.describe()
     info["jobs"] = {job_name: job.statistics() for job_name, job in bucket.jobs.items()}
     info["durability"] = bucket.journal.describe() if bucket.journal is not None else None
+    info["snapshots"] = bucket.snapshots.describe() if bucket.snapshots is not None else None
     return info
 
 
@@ -117,16 +124,39 @@ def op_bucket_info(conn: Session, args: dict[str, Any]) -> Any:
 async def op_configure_bucket(conn: Session, args: dict[str, Any]) -> Any:
     server = conn.server
     bucket = conn.bucket(args["bucket"])
-    if "durable" in args and args["durable"] != bucket.row.durable:
-        # In order with the bucket's queued durable sends; switching on snapshots the state.
-        await server.durable.set_durable(bucket, args["durable"])
-        server.log.info(
-            "user %r made bucket %r %s",
-            conn.user.name if conn.user else None,
-            bucket.name,
-            "durable" if args["durable"] else "not durable",
-        )
+    level = _persistence(args)
+    user = conn.user.name if conn.user else None
+    if "snapshot_interval" in args:
+        seconds = check_interval(args["snapshot_interval"])
+        if seconds != bucket.row.snapshot_interval:
+            await server.snapshots.set_interval(bucket, seconds)
+            server.log.info("user %r set the snapshot interval of bucket %r to %gs", user,
+                            bucket.name, seconds)
+    if level is not None and level != bucket.row.persistence:
+        # In order with the bucket's queued durable sends and its snapshots (snapshots.py).
+        before = bucket.row.persistence
+        await server.snapshots.set_persistence(bucket, level)
+        server.log.info("user %r moved bucket %r from %s to %s", user, bucket.name, before,
+                        level)
     return bucket.describe()
+
+
+def _persistence(args: dict[str, Any]) -> str | None:
+    """The level ``persistence`` and ``durable`` ask for (None: neither is given)."""
+    level = args.get("persistence")
+    if level is not None and level not in PERSISTENCE_LEVELS:
+        raise BadArgument(
+            f"persistence must be one of {', '.join(PERSISTENCE_LEVELS)}, not {level[:50]!r}"
+        )
+    if "durable" in args:
+        durable = "durable" if args["durable"] else "memory"
+        if level is not None and (level == "durable") != args["durable"]:
+            raise BadArgument(
+                f"durable={'true' if args['durable'] else 'false'} contradicts persistence "
+                f"{level!r}: give one of them"
+            )
+        level = level or durable
+    return level
 
 
 @op
@@ -138,9 +168,12 @@ async def op_delete_bucket(conn: Session, args: dict[str, Any]) -> Any:
         conn.bucket(name)  # raises UnknownBucket
     assert bucket is not None
     # In order with the bucket's queued durable sends, which would otherwise be logged after
-    # the deletion; the definition and the durable state go in one transaction.
-    await server.durable.delete(bucket)
-    await server.remove_bucket(name)
+    # the deletion, and with its snapshots; the definition and the state on disk go in one
+    # transaction.
+    async with server.snapshots.lock:
+        await server.durable.delete(bucket)
+        bucket.snapshots = None
+        await server.remove_bucket(name)
     server.log.info("user %r deleted bucket %r", conn.user.name if conn.user else None, name)
     return None
 

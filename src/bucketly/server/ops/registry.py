@@ -21,6 +21,7 @@ from ...protocol import OPS
 if TYPE_CHECKING:
     from ...buckets import Bucket
     from ...buckets.journal import Journal
+    from ...buckets.snapshots import Snapshots
     from ...handlers import HandlerInfo, HandlersModule
     from ...store import Database, UserRow
     from ..audit import AuditLog
@@ -63,6 +64,9 @@ class ServerState(Protocol):
 
     @property
     def durable(self) -> Journal: ...
+
+    @property
+    def snapshots(self) -> Snapshots: ...
 
     @property
     def handlers_module(self) -> HandlersModule | None: ...
