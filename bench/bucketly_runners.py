@@ -55,12 +55,13 @@ def version() -> str:
 
 
 @contextlib.contextmanager
-def server() -> Iterator[Any]:
-    """A fresh bucketlyd on a free port with the benchmark's handlers and a new database."""
+def server(extra_args: list[str] | tuple[str, ...] = ()) -> Iterator[Any]:
+    """A fresh bucketlyd on a free port with the benchmark's handlers and a new database
+    (``extra_args``: more bucketlyd flags)."""
     from bucketly.testing import run_server
 
     with tempfile.TemporaryDirectory(prefix="bucketly-bench-") as tmp, run_server(
-        handlers=HANDLERS, database=Path(tmp) / "bench.dat"
+        handlers=HANDLERS, database=Path(tmp) / "bench.dat", extra_args=extra_args
     ) as running:
         yield running
 
@@ -70,14 +71,23 @@ def server_options(running: Any) -> dict[str, Any]:
 
 
 def bucketly_run(procs: Processes, workload: str, mode: str = "batched", connections: int = 1,
-                 durable: bool = False, handler: str = DEFAULT_HANDLER) -> dict[str, Any]:
-    """One throughput run against a fresh server."""
-    with server() as running:
+                 durable: bool = False, handler: str = DEFAULT_HANDLER,
+                 persistence: str | None = None,
+                 snapshot_interval: float | None = None,
+                 server_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """One throughput run against a fresh server. ``persistence`` and ``snapshot_interval``
+    are the bucket's (``persistence`` overrides ``durable``); the result's ``server_stats``
+    is the server's ``stats`` after the run; ``server_args`` are more bucketlyd flags."""
+    with server(server_args) as running:
         rss_before = rss_bytes(running.pid)
         result = run_driver(procs, "bucketly-send", workload=workload, mode=mode,
                             connections=connections, durable=durable, handler=handler,
+                            persistence=persistence, snapshot_interval=snapshot_interval,
                             **server_options(running))
         result["rss_delta"] = rss_bytes(running.pid) - rss_before
+        with running.client() as client:
+            result["server_stats"] = client.stats()
+            result["bucket_info"] = client.bucket_info(BUCKET)
         if running.returncode is not None:
             raise RunFailed(f"bucketlyd exited with {running.returncode} during the run")
     return result
@@ -95,7 +105,9 @@ def _client(opts: dict[str, Any]) -> Any:
 def _create_bucket(opts: dict[str, Any]) -> None:
     with _client(opts) as client:
         client.create_bucket(BUCKET, opts.get("handler", HANDLER_CLASS), config={},
-                             durable=opts.get("durable", False))
+                             durable=opts.get("durable", False),
+                             persistence=opts.get("persistence"),
+                             snapshot_interval=opts.get("snapshot_interval"))
 
 
 def _check(opts: dict[str, Any], truth: Any) -> int:

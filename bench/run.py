@@ -526,6 +526,22 @@ def _meminfo() -> str:
     return "?"
 
 
+#: The line after which the output file holds what other benchmarks (bench/reload.py,
+#: bench/snapshots.py...) measured: a new run of this suite keeps it as it is.
+KEPT_MARKER = (
+    "<!-- Sections below come from the other benchmarks they name; bench/run.py keeps them. -->"
+)
+
+
+def _kept_sections(output: Path) -> str:
+    try:
+        text = output.read_text()
+    except FileNotFoundError:
+        return ""
+    at = text.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def render_markdown(suite: Suite, command: str, started: datetime.datetime,
                     seconds: float) -> str:
     args = suite.args
@@ -796,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     print_console(suite)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_markdown(suite, command, started, seconds))
+    output.write_text(render_markdown(suite, command, started, seconds) + _kept_sections(output))
     print(f"wrote {output} ({seconds:.0f} s)")
     failed = sum(1 for m in suite.throughput + suite.latency for s in m.samples if s is None)
     return 1 if failed else 0
