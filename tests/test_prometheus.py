@@ -324,6 +324,7 @@ def _poke(stack: Stack) -> None:
     """One of each thing the dashboard's rates show: so they have something to show."""
     with stack.client() as client:  # a login
         client.send("durable", "more")  # a durable commit
+        client.view("durable", "count")  # a view call
         client.send_many("nowhere", [1])
         with pytest.raises(bucketly.UnknownBucket):
             client.flush()  # a refused event
