@@ -114,7 +114,7 @@ def test_docs_operations_md_shows_the_rules_file_as_it_is() -> None:
     shown = _generated(OPERATIONS.read_text(), "alert-rules")
     assert shown == f"```yaml\n{RULES.read_text()}```\n", (
         "docs/operations.md does not show docs/prometheus/bucketly-alerts.yml as it is: "
-        "run python tests/test_prometheus.py --update"
+        "run python -m tests.test_prometheus --update"
     )
 
 
@@ -352,7 +352,7 @@ def test_every_dashboard_query_answers_with_data(stack: Stack) -> None:
         stack.prometheus.wait_for(f"panel {title!r}: {promql}", answers)
 
 
-# -- python tests/test_prometheus.py --update ---------------------------------------------------
+# -- python -m tests.test_prometheus --update ---------------------------------------------------
 
 
 def update() -> None:
@@ -367,5 +367,5 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] != ["--update"]:
-        sys.exit("usage: python tests/test_prometheus.py --update")
+        sys.exit("usage: python -m tests.test_prometheus --update")
     update()
