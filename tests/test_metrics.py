@@ -398,6 +398,43 @@ def test_durable_commits_and_the_log_have_their_metrics(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_a_send_waiting_for_room_in_a_full_durable_bucket_is_counted(tmp_path: Path) -> None:
+    port = _free_port()
+    with run_server(handlers=TEST_HANDLERS, database=tmp_path / "db.dat",
+                    extra_args=["--metrics-address", f"127.0.0.1:{port}",
+                                "--max-bucket-queue", "1"]) as server:
+        first = RawConnection(server.host, server.port)
+        first.auth()
+        first.call(1, "create_bucket", bucket="d", handler="Recorder", durable=True)
+        second = RawConnection(server.host, server.port)
+        second.auth()
+        lock = sqlite3.connect(tmp_path / "db.dat", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the commit waits: the bucket's queue stays full
+        try:
+            first.request(2, "send", bucket="d", events=[1])
+            deadline = time.monotonic() + 10
+            while _samples(port)[("bucketly_requests_waiting", (("wait", "commit"),))] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            second.request(3, "send", bucket="d", events=[2])
+            expected = {"commit": 1, "bucket_queue": 1, "pipeline": 0, "turn": 0}
+            while (waiting := {
+                labels[0][1]: value for (name, labels), value in _samples(port).items()
+                if name == "bucketly_requests_waiting"
+            }) != expected:
+                assert time.monotonic() < deadline, waiting
+                time.sleep(0.02)
+        finally:
+            lock.rollback()
+            lock.close()
+        assert first.read().result == {"accepted": 1}
+        assert second.read().result == {"accepted": 1}
+        assert {labels[0][1]: value for (name, labels), value in _samples(port).items()
+                if name == "bucketly_requests_waiting"} == dict.fromkeys(WAITS, 0)
+        first.close()
+        second.close()
+
+
 def metrics_table() -> str:
     """The metrics table of docs/operations.md, as ``METRICS`` makes it."""
     lines = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
