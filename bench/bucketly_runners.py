@@ -13,16 +13,20 @@ Modes:
 - ``single``: ``send`` then ``flush`` for each event, i.e. one acknowledged round trip per event,
   on the first ``SINGLE_EVENTS`` events (the comparison with redis-py without a pipeline).
 
-``durable=True`` creates the bucket with ``durable=True``. The server's resident memory is read
-before and after the run, for the memory per unique pair.
+``durable=True`` creates the bucket with ``durable=True``. ``metrics=True`` starts the server
+with ``--metrics-address`` and scrapes its ``/metrics`` every second for the whole run, from a
+thread of the suite's process (as Prometheus would, from outside the driver). The server's
+resident memory is read before and after the run, for the memory per unique pair.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,9 @@ from bench.workload import BUCKET, Workload
 HANDLERS = REPO / "bench" / "handlers.py"
 HANDLER_CLASS = DEFAULT_HANDLER
 SINGLE_EVENTS = 20_000
+#: Seconds between two scrapes of ``/metrics`` in a ``metrics=True`` run: Prometheus's most
+#: frequent usual interval is 15 s; once a second is the issue's worst case.
+SCRAPE_INTERVAL = 1.0
 
 
 def available() -> str | None:
@@ -55,15 +62,55 @@ def version() -> str:
 
 
 @contextlib.contextmanager
-def server(extra_args: list[str] | tuple[str, ...] = ()) -> Iterator[Any]:
+def server(extra_args: list[str] | tuple[str, ...] = (),
+           metrics_port: int | None = None) -> Iterator[Any]:
     """A fresh bucketlyd on a free port with the benchmark's handlers and a new database
-    (``extra_args``: more bucketlyd flags)."""
+    (``extra_args``: more bucketlyd flags; its metrics endpoint on ``metrics_port``, if
+    given)."""
     from bucketly.testing import run_server
 
+    extra = [] if metrics_port is None else ["--metrics-address", f"127.0.0.1:{metrics_port}"]
     with tempfile.TemporaryDirectory(prefix="bucketly-bench-") as tmp, run_server(
-        handlers=HANDLERS, database=Path(tmp) / "bench.dat", extra_args=extra_args
+        handlers=HANDLERS, database=Path(tmp) / "bench.dat", extra_args=[*extra_args, *extra]
     ) as running:
         yield running
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _scraping(port: int) -> Iterator[list[int]]:
+    """Scrape ``http://127.0.0.1:port/metrics`` now and then every ``SCRAPE_INTERVAL`` until
+    the block ends; yields a one-item list: the scrapes done."""
+    done = [0]
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            while True:
+                url = f"http://127.0.0.1:{port}/metrics"
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    response.read()
+                done[0] += 1
+                if stop.wait(SCRAPE_INTERVAL):
+                    return
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=scrape, name="scraper", daemon=True)
+    thread.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        thread.join(15)
+    if failed:
+        raise RunFailed(f"scraping /metrics failed: {failed[0]!r}")
 
 
 def server_options(running: Any) -> dict[str, Any]:
@@ -74,17 +121,27 @@ def bucketly_run(procs: Processes, workload: str, mode: str = "batched", connect
                  durable: bool = False, handler: str = DEFAULT_HANDLER,
                  persistence: str | None = None,
                  snapshot_interval: float | None = None,
-                 server_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+                 server_args: list[str] | tuple[str, ...] = (),
+                 metrics: bool = False) -> dict[str, Any]:
     """One throughput run against a fresh server. ``persistence`` and ``snapshot_interval``
-    are the bucket's (``persistence`` overrides ``durable``); the result's ``server_stats``
-    is the server's ``stats`` after the run; ``server_args`` are more bucketlyd flags."""
-    with server(server_args) as running:
+    are the bucket's (``persistence`` overrides ``durable``); ``server_args`` are more
+    bucketlyd flags; ``metrics``: its /metrics scraped every second. The result's
+    ``server_stats`` is the server's ``stats`` after the run."""
+    metrics_port = _free_port() if metrics else None
+    with server(server_args, metrics_port) as running:
         rss_before = rss_bytes(running.pid)
-        result = run_driver(procs, "bucketly-send", workload=workload, mode=mode,
-                            connections=connections, durable=durable, handler=handler,
-                            persistence=persistence, snapshot_interval=snapshot_interval,
-                            **server_options(running))
+        with _scraping(metrics_port) if metrics_port is not None else (
+            contextlib.nullcontext([0])
+        ) as scrapes:
+            result = run_driver(procs, "bucketly-send", workload=workload, mode=mode,
+                                connections=connections, durable=durable, handler=handler,
+                                persistence=persistence, snapshot_interval=snapshot_interval,
+                                **server_options(running))
         result["rss_delta"] = rss_bytes(running.pid) - rss_before
+        if metrics:
+            if not scrapes[0]:
+                raise RunFailed("/metrics was never scraped during the run")
+            result["scrapes"] = scrapes[0]
         with running.client() as client:
             result["server_stats"] = client.stats()
             result["bucket_info"] = client.bucket_info(BUCKET)

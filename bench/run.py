@@ -109,6 +109,13 @@ def plan_throughput(suite: Suite) -> None:
                     f"{kind} bucket", dist,
                     _bind(bucketly_runners.bucketly_run, procs, w, "batched", conns, durable),
                     reference=ref)
+            if dist == "uniform":
+                add(group, f"bucketly/1conn/batched/memory/metrics/{dist}", "bucketly",
+                    "client.send() batched, 1 connection, memory bucket, /metrics scraped "
+                    "every second", dist,
+                    _bind(bucketly_runners.bucketly_run, procs, w, "batched", 1, False,
+                          metrics=True),
+                    reference=ref)
             add(group, f"bucketly/1conn/batched/memory/plain/{dist}", "bucketly",
                 f"client.send() batched, 1 connection, memory bucket, {PLAIN} handler", dist,
                 _bind(bucketly_runners.bucketly_run, procs, w, "batched", 1, False, PLAIN),
@@ -473,6 +480,10 @@ def target_rows(suite: Suite) -> list[list[str]]:
     if ours is not None and redis:
         add("memory per unique pair: <= 1.5x Redis", ours, f"{ours / redis:.2f}x",
             ours <= 1.5 * redis)
+    r = round_ratio(suite, "bucketly/1conn/batched/memory/metrics/uniform",
+                    "bucketly/1conn/batched/memory/uniform")
+    add("batched ingest with /metrics scraped every second: >= 0.98x without", r,
+        f"{r or 0:.3f}x", (r or 0) >= 0.98)
     for conns in (1, 8):
         r = round_ratio(suite, f"bucketly/{conns}conn/batched/durable/uniform",
                         f"bucketly/{conns}conn/batched/memory/uniform")
@@ -647,7 +658,9 @@ def render_markdown(suite: Suite, command: str, started: datetime.datetime,
         "",
         "- **bucketly**: the public `bucketly.Client` against a fresh `bucketlyd` "
         "(`bucketly.testing.run_server`, handlers `bench/handlers.py`) for each run; 8 "
-        "connections are 8 clients in 8 threads of one process, each sending its share.",
+        "connections are 8 clients in 8 threads of one process, each sending its share. "
+        "*/metrics scraped every second*: the same with `--metrics-address`, and a thread "
+        "of the suite's process fetching `/metrics` once a second throughout the run.",
         f"- **handlers**: `{DEFAULT}` keeps the pairs in a `bucketly.UniqueIndex` "
         f"(native core: {'built' if _speedups() else 'NOT built, pure-Python fallback'}), "
         f"as docs/handlers.md recommends; `{PLAIN}` is the same job in plain Python, a dict "

@@ -3,6 +3,7 @@
 import json
 import socket
 import threading
+import time
 
 import bucketly
 
@@ -53,6 +54,19 @@ class Recorder(bucketly.Handler):
     @bucketly.view
     def unencodable(self):
         return object()
+
+    @bucketly.view
+    def nap(self, seconds):
+        time.sleep(seconds)  # blocks the event loop on purpose (its lag is measured)
+
+    def state_bytes(self):
+        # 8 bytes an event, for the metrics tests; config "state_bytes" makes it misbehave.
+        how = self.config.get("state_bytes")
+        if how == "raise":
+            raise RuntimeError("state_bytes fails on purpose")
+        if how == "text":
+            return "lots"
+        return 8 * len(self.events)
 
     def dump(self):
         return {"events": self.events}

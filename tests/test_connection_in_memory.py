@@ -20,6 +20,7 @@ from bucketly.protocol import ClientProtocol, ErrorReply, Greeting, ServerProtoc
 from bucketly.server.config import ServerConfig
 from bucketly.server.connection import ServerConnection
 from bucketly.server.flow import FRAME_COST, WORK_PER_TURN
+from bucketly.server.metrics import Collector
 from bucketly.server.server import Server
 
 from .conftest import TEST_HANDLERS
@@ -291,6 +292,29 @@ def test_one_connection_yields_its_turn_after_its_share_of_work(run: Callable[..
         assert [m.id for m in other_out.messages()] == [7]  # served between the turns
         await _until(lambda: busy_out.reading)
         assert len(busy_out.messages()) == frames - per_turn
+
+    run(body)
+
+
+def _waiting(server: Server) -> dict[str, float]:
+    """``bucketly_requests_waiting`` as the metrics endpoint would export it now."""
+    (family,) = [f for f in Collector(server).collect() if f.name == "bucketly_requests_waiting"]
+    return {sample.labels["wait"]: sample.value for sample in family.samples}
+
+
+def test_a_connection_waiting_for_its_turn_is_counted_in_the_metrics(
+    run: Callable[..., Any],
+) -> None:
+    async def body(server: Server, connect: Any) -> None:
+        busy, busy_out = await _logged_in(server)
+        assert _waiting(server) == {"bucket_queue": 0, "commit": 0, "pipeline": 0, "turn": 0}
+        frames = 4 * WORK_PER_TURN // FRAME_COST
+        busy.data_received(b"".join(encode_request(i, "ping", {}) for i in range(frames)))
+        assert list(busy.waits()) == ["turn"]
+        assert _waiting(server)["turn"] == 1
+        await _until(lambda: busy_out.reading)
+        assert _waiting(server)["turn"] == 0
+        assert len(busy_out.messages()) == frames
 
     run(body)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import re
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import bucketly
 from bucketly.errors import WIRE_CODES
-from bucketly.server.metrics import METRICS
+from bucketly.protocol import ClientProtocol, encode_request
+from bucketly.protocol.messages import pack
+from bucketly.server.config import ServerConfig
+from bucketly.server.metrics import CLOSING_LIMITS, METRICS, WAITS
 from bucketly.testing import RunningServer, bucketlyd_command, run_server
 
 from .conftest import TEST_HANDLERS, RawConnection
+from .test_docs import _generated, _replace_generated
 
 DOCS = Path(__file__).parent.parent / "docs" / "operations.md"
 
@@ -201,11 +207,278 @@ def test_readyz_is_503_while_a_durable_bucket_recovers(tmp_path: Path) -> None:
         restarted.stop()
 
 
+def _histogram(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+               **labels: str) -> tuple[float, float, dict[float, float]]:
+    """(count, sum, {le: cumulative count}) of histogram ``name`` with ``labels``."""
+    own = tuple(sorted(labels.items()))
+    buckets = {
+        float(dict(key)["le"]): value for (sample, key), value in samples.items()
+        if sample == f"{name}_bucket" and tuple(kv for kv in key if kv[0] != "le") == own
+    }
+    return samples[(f"{name}_count", own)], samples[(f"{name}_sum", own)], buckets
+
+
+def test_every_known_limit_is_exported_at_0_from_the_start(
+    metrics: tuple[RunningServer, int],
+) -> None:
+    _, port = metrics
+    samples = _samples(port)
+    limits = {labels[0][1]: value for (name, labels), value in samples.items()
+              if name == "bucketly_connections_closed_by_limit_total"}
+    assert limits == dict.fromkeys(CLOSING_LIMITS, 0)
+    waits = {labels[0][1]: value for (name, labels), value in samples.items()
+             if name == "bucketly_requests_waiting"}
+    assert waits == dict.fromkeys(WAITS, 0)
+
+
+SRC = Path(bucketly.__file__).parent
+#: Where a limit's name is given when a connection is closed or refused for it.
+_LIMIT_NAMED = re.compile(
+    r'limit_exceeded\(\s*"(\w+)"|closed_by_limit\["(\w+)"\]|"limit": "(\w+)"'
+    r'|victims\.append\(\(victim, "(\w+)"(?: if full else "(\w+)")?|limit, what = "(\w+)"'
+)
+
+
+def test_the_known_limits_are_every_limit_the_code_closes_for() -> None:
+    named = {
+        name
+        for path in SRC.rglob("*.py")
+        for match in _LIMIT_NAMED.finditer(path.read_text())
+        for name in match.groups() if name
+    }
+    assert named == set(CLOSING_LIMITS)
+    # Each is the option that sets it.
+    assert set(CLOSING_LIMITS) <= {field.name for field in dataclasses.fields(ServerConfig)}
+
+
+def test_bytes_in_and_out_are_exactly_what_went_over_the_socket(
+    metrics: tuple[RunningServer, int],
+) -> None:
+    server, port = metrics
+    before = _samples(port)
+    conn = socket.create_connection((server.host, server.port), timeout=10)
+    sent = encode_request(1, "auth", {"user": "admin", "password": "admin"}) + encode_request(
+        2, "ping", {"padding": "x" * 5000}
+    )
+    conn.sendall(sent)
+    client = ClientProtocol(max_frame_size=1 << 30)
+    received = 0
+    messages: list[Any] = []
+    while len(messages) < 3:  # the greeting and two replies
+        data = conn.recv(65536)
+        assert data, "closed"
+        received += len(data)
+        client.receive_data(data)
+        while (message := client.next_event()) is not None:
+            messages.append(message)
+    conn.close()
+    after = _samples(port)
+    assert after[("bucketly_received_bytes_total", ())] - before[
+        ("bucketly_received_bytes_total", ())] == len(sent)
+    assert after[("bucketly_sent_bytes_total", ())] - before[
+        ("bucketly_sent_bytes_total", ())] == received
+
+
+def test_views_are_timed_and_the_handler_reports_its_state_size(
+    metrics: tuple[RunningServer, int],
+) -> None:
+    server, port = metrics
+    with bucketly.Client(server.host, server.port, user="admin", password="admin") as client:
+        client.create_bucket("v", "Recorder")
+        client.create_bucket("failing", "Recorder", config={"state_bytes": "raise"})
+        client.create_bucket("wrong", "Recorder", config={"state_bytes": "text"})
+        client.create_bucket("batches", "BatchCounter")  # reports no size
+        client.send_many("v", list(range(10)))
+        client.flush()
+        assert _samples(port)[("bucketly_bucket_state_bytes", (("bucket", "v"),))] == 80
+        for _ in range(7):
+            client.view("v", "count")
+        client.view("v", "nap", seconds=0.3)
+        with pytest.raises(bucketly.HandlerError):
+            client.view("v", "broken")
+        samples = _samples(port)
+        assert client.view("v", "count") == 10  # the server still works
+    count, total, buckets = _histogram(samples, "bucketly_bucket_view_duration_seconds",
+                                       bucket="v")
+    assert count == 9  # 7 counts, the nap, the failed one
+    assert 0.3 <= total < 5
+    assert buckets[float("inf")] == 9
+    assert buckets[0.25] == 8 and buckets[0.5] == 9  # only the nap took 0.3 s
+    assert _histogram(samples, "bucketly_bucket_view_duration_seconds",
+                      bucket="batches")[0] == 0
+    sizes = {labels[0][1]: value for (name, labels), value in samples.items()
+             if name == "bucketly_bucket_state_bytes"}
+    assert sizes == {"v": 80}  # no sample for a handler that fails, lies or reports none
+    assert any("state_bytes raised RuntimeError" in line for line in server.logs)
+    assert any("state_bytes returned 'lots'" in line for line in server.logs)
+
+
+def test_the_event_loop_lag_is_measured(metrics: tuple[RunningServer, int]) -> None:
+    server, port = metrics
+    before = _histogram(_samples(port), "bucketly_event_loop_lag_seconds")
+    with bucketly.Client(server.host, server.port, user="admin", password="admin") as client:
+        client.create_bucket("v", "Recorder")
+        client.view("v", "nap", seconds=0.6)  # the loop stands still for 0.6 s
+    deadline = time.monotonic() + 10
+    while True:
+        after = _histogram(_samples(port), "bucketly_event_loop_lag_seconds")
+        # The timer due during the nap fired once it ended: between 0.5 and 0.6 s late.
+        if after[2][0.25] < after[0]:
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.05)
+    slow = (after[0] - after[2][0.25]) - (before[0] - before[2][0.25])
+    assert slow == 1
+    assert after[2][1.0] == after[0]
+    assert after[1] - before[1] >= 0.45
+    assert after[0] > before[0]
+
+
+def test_durable_commits_and_the_log_have_their_metrics(tmp_path: Path) -> None:
+    port = _free_port()
+    with run_server(handlers=TEST_HANDLERS, database=tmp_path / "db.dat",
+                    extra_args=["--metrics-address", f"127.0.0.1:{port}",
+                                "--snapshot-events", "100",
+                                "--snapshot-seconds", str(10**9)]) as server:
+        conn = RawConnection(server.host, server.port)
+        conn.auth()
+        assert conn.call(1, "create_bucket", bucket="d", handler="Recorder",
+                         durable=True).result is not None
+        bodies = []
+        for i in range(5):  # one commit each: each waits for its reply
+            args = {"bucket": "d", "events": list(range(i + 1))}
+            bodies.append(pack({"id": 10 + i, "op": "send", **args}))
+            assert conn.call(10 + i, "send", **args).result == {"accepted": i + 1}
+        samples = _samples(port)
+        assert samples[("bucketly_bucket_journal_log_bytes", (("bucket", "d"),))] == sum(
+            map(len, bodies))
+        assert samples[("bucketly_journal_written_bytes_total", ())] == sum(map(len, bodies))
+        commits = samples[("bucketly_journal_commits_total", ())]
+        assert commits == 5
+        count, total, buckets = _histogram(samples, "bucketly_journal_commit_duration_seconds")
+        assert buckets[float("inf")] == 5
+        assert count == 5 and total == samples[("bucketly_journal_commit_seconds_total", ())]
+        sizes = _histogram(samples, "bucketly_journal_commit_sends")
+        assert sizes[0] == 5 and sizes[1] == 5 and sizes[2][1.0] == 5
+
+        # Eight sends written at once by one connection while the database is locked: they
+        # wait for one commit, and then share it.
+        lock = sqlite3.connect(tmp_path / "db.dat", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            conn.send_bytes(b"".join(
+                encode_request(100 + i, "send", {"bucket": "d", "events": [i]})
+                for i in range(8)
+            ) + encode_request(200, "ping", {}))  # the ping is held behind them
+            deadline = time.monotonic() + 10
+            while (waiting := {
+                labels[0][1]: value for (name, labels), value in _samples(port).items()
+                if name == "bucketly_requests_waiting"
+            }) != {"commit": 8, "pipeline": 1, "bucket_queue": 0, "turn": 0}:
+                assert time.monotonic() < deadline, waiting
+                time.sleep(0.02)
+        finally:
+            lock.rollback()
+            lock.close()
+        assert waiting == {"commit": 8, "pipeline": 1, "bucket_queue": 0, "turn": 0}
+        assert [conn.read().id for _ in range(9)] == [*range(100, 108), 200]
+        samples = _samples(port)
+        assert {labels[0][1]: value for (name, labels), value in samples.items()
+                if name == "bucketly_requests_waiting"} == dict.fromkeys(WAITS, 0)
+        sizes = _histogram(samples, "bucketly_journal_commit_sends")
+        assert sizes[0] == samples[("bucketly_journal_commits_total", ())]
+        assert sizes[1] == samples[("bucketly_journal_records_total", ())] == 13
+        assert sizes[2][4.0] < sizes[0]  # a commit of more than 4 sends: they shared it
+        # Past --snapshot-events, a snapshot compacts the log: its bytes go back to 0.
+        assert conn.call(300, "send", bucket="d", events=list(range(100))).result
+        deadline = time.monotonic() + 10
+        while _samples(port)[("bucketly_bucket_journal_log_bytes", (("bucket", "d"),))]:
+            assert time.monotonic() < deadline, "no snapshot"
+            time.sleep(0.02)
+        conn.close()
+
+
+def test_a_send_waiting_for_room_in_a_full_durable_bucket_is_counted(tmp_path: Path) -> None:
+    port = _free_port()
+    with run_server(handlers=TEST_HANDLERS, database=tmp_path / "db.dat",
+                    extra_args=["--metrics-address", f"127.0.0.1:{port}",
+                                "--max-bucket-queue", "1"]) as server:
+        first = RawConnection(server.host, server.port)
+        first.auth()
+        first.call(1, "create_bucket", bucket="d", handler="Recorder", durable=True)
+        second = RawConnection(server.host, server.port)
+        second.auth()
+        lock = sqlite3.connect(tmp_path / "db.dat", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the commit waits: the bucket's queue stays full
+        try:
+            first.request(2, "send", bucket="d", events=[1])
+            deadline = time.monotonic() + 10
+            while _samples(port)[("bucketly_requests_waiting", (("wait", "commit"),))] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            second.request(3, "send", bucket="d", events=[2])
+            expected = {"commit": 1, "bucket_queue": 1, "pipeline": 0, "turn": 0}
+            while (waiting := {
+                labels[0][1]: value for (name, labels), value in _samples(port).items()
+                if name == "bucketly_requests_waiting"
+            }) != expected:
+                assert time.monotonic() < deadline, waiting
+                time.sleep(0.02)
+        finally:
+            lock.rollback()
+            lock.close()
+        assert first.read().result == {"accepted": 1}
+        assert second.read().result == {"accepted": 1}
+        assert {labels[0][1]: value for (name, labels), value in _samples(port).items()
+                if name == "bucketly_requests_waiting"} == dict.fromkeys(WAITS, 0)
+        first.close()
+        second.close()
+
+
+def metrics_table() -> str:
+    """The metrics table of docs/operations.md, as ``METRICS`` makes it."""
+    lines = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for spec in METRICS:
+        name = spec.name + ("_total" if spec.kind == "counter" else "")
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
+        lines.append(f"| `{name}` | {spec.kind} | {labels} | {spec.help} |")
+    return "\n".join(lines) + "\n"
+
+
 def test_every_metric_is_in_docs_operations_md() -> None:
-    text = DOCS.read_text()
-    documented = re.findall(r"^\| `(bucketly_\w+)` \| (\w+) \| ([^|]*) \|", text, re.M)
-    assert [(n, k, labels.strip()) for n, k, labels in documented] == [
-        (spec.name + ("_total" if spec.kind == "counter" else ""), spec.kind,
-         ", ".join(f"`{label}`" for label in spec.labels) or "-")
-        for spec in METRICS
-    ]
+    assert _generated(DOCS.read_text(), "metrics-table") == metrics_table(), (
+        "docs/operations.md's metrics table is not bucketly.server.metrics.METRICS: run "
+        "python -m tests.test_metrics --update"
+    )
+    documented = re.findall(r"^\| `(bucketly_\w+)` \| (\w+) \|", DOCS.read_text(), re.M)
+    assert len(documented) == len(METRICS)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--update"]:
+        sys.exit("usage: python -m tests.test_metrics --update")
+    DOCS.write_text(_replace_generated(DOCS.read_text(), "metrics-table", metrics_table()))
+
+
+def test_a_snapshot_level_bucket_reports_the_age_of_its_snapshot(
+    metrics: tuple[RunningServer, int],
+) -> None:
+    server, port = metrics
+    key = ("bucketly_bucket_seconds_since_snapshot", (("bucket", "s"),))
+    with bucketly.Client(server.host, server.port, user="admin", password="admin") as client:
+        client.create_bucket("s", "Recorder", persistence="snapshot", snapshot_interval=1)
+        client.create_bucket("m", "Recorder")
+        client.send_many("s", [1, 2, 3])
+        client.flush()
+        deadline = time.monotonic() + 30
+        while client.bucket_info("s")["snapshots"]["taken_at"] is None:
+            assert time.monotonic() < deadline, "no snapshot was taken"
+            time.sleep(0.02)
+        taken_at = client.bucket_info("s")["snapshots"]["taken_at"]
+        before = time.time()
+        samples = _samples(port)
+        after = time.time()
+    assert before - taken_at - 0.01 <= samples[key] <= after - taken_at + 0.01
+    assert ("bucketly_bucket_seconds_since_snapshot", (("bucket", "m"),)) not in samples

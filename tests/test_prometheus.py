@@ -114,7 +114,7 @@ def test_docs_operations_md_shows_the_rules_file_as_it_is() -> None:
     shown = _generated(OPERATIONS.read_text(), "alert-rules")
     assert shown == f"```yaml\n{RULES.read_text()}```\n", (
         "docs/operations.md does not show docs/prometheus/bucketly-alerts.yml as it is: "
-        "run python tests/test_prometheus.py --update"
+        "run python -m tests.test_prometheus --update"
     )
 
 
@@ -324,6 +324,7 @@ def _poke(stack: Stack) -> None:
     """One of each thing the dashboard's rates show: so they have something to show."""
     with stack.client() as client:  # a login
         client.send("durable", "more")  # a durable commit
+        client.view("durable", "count")  # a view call
         client.send_many("nowhere", [1])
         with pytest.raises(bucketly.UnknownBucket):
             client.flush()  # a refused event
@@ -351,7 +352,7 @@ def test_every_dashboard_query_answers_with_data(stack: Stack) -> None:
         stack.prometheus.wait_for(f"panel {title!r}: {promql}", answers)
 
 
-# -- python tests/test_prometheus.py --update ---------------------------------------------------
+# -- python -m tests.test_prometheus --update ---------------------------------------------------
 
 
 def update() -> None:
@@ -366,5 +367,5 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] != ["--update"]:
-        sys.exit("usage: python tests/test_prometheus.py --update")
+        sys.exit("usage: python -m tests.test_prometheus --update")
     update()

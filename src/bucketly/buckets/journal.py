@@ -50,6 +50,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BucketlyError, HandlerError, InternalError, StorageError, UnknownBucket
+from ..histogram import BATCH_BOUNDS, LATENCY_BOUNDS, Histogram
 from ..lograte import LogLimiter
 from ..protocol.messages import pack
 from ..store import journal as tables
@@ -113,6 +114,11 @@ class Journal:
         self.events = 0
         self.commit_seconds = 0.0
         self.failed_commits = 0
+        #: Payload bytes of the records committed.
+        self.written_bytes = 0
+        #: Each commit's time (its transaction, fsync included) and how many sends it carried.
+        self.commit_latency = Histogram(LATENCY_BOUNDS)
+        self.commit_sizes = Histogram(BATCH_BOUNDS)
         self.last_error: str | None = None
         #: Events of durable sends refused once queued, by error code (storage_error...).
         self.refused_events: collections.Counter[str] = collections.Counter()
@@ -329,7 +335,10 @@ class Journal:
         self.fault("commit.after_commit")
         self.commits += 1
         self.records += len(written)
-        self.commit_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.commit_seconds += elapsed
+        self.commit_latency.observe(elapsed)
+        self.commit_sizes.observe(len(written))
         for bucket in last:
             assert bucket.journal is not None
             bucket.journal.in_doubt = False
@@ -340,6 +349,8 @@ class Journal:
             journal.seq = record.seq
             journal.records_since_snapshot += 1
             journal.events_since_snapshot += len(record.events)
+            journal.log_bytes += len(record.payload)
+            self.written_bytes += len(record.payload)
             self.events += len(record.events)
             self._apply(record)
         for record in resent:
@@ -532,6 +543,7 @@ class Journal:
         journal.snapshot_seq = journal.seq
         journal.records_since_snapshot = 0
         journal.events_since_snapshot = 0
+        journal.log_bytes = 0
         journal.snapshot_error = None
         journal.in_doubt = False
         journal.snapshots += 1

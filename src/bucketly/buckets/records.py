@@ -24,6 +24,7 @@ class BucketJournal:
         "doubt_queued",
         "events_since_snapshot",
         "in_doubt",
+        "log_bytes",
         "pending",
         "queued",
         "records_since_snapshot",
@@ -43,6 +44,8 @@ class BucketJournal:
         self.snapshot_seq = seq
         self.records_since_snapshot = 0
         self.events_since_snapshot = 0
+        #: Payload bytes of those records: what the log takes in the file, near enough.
+        self.log_bytes = 0
         self.snapshot_at = time.monotonic()
         self.snapshot_queued = False
         self.snapshot_error: str | None = None

@@ -117,6 +117,7 @@ async def recover(db: Database, bucket: Bucket, *, accept_loss: bool = False) ->
             journal.seq = seq
             journal.records_since_snapshot += 1
             journal.events_since_snapshot += len(events)
+            journal.log_bytes += len(payload)
             expected += 1
     if problem is None and journal.seq < head:
         problem = (

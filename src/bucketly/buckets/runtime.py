@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadArgument, HandlerError, UnknownHandler, UnknownView
 from ..handlers import HandlerInfo, Job, JobSpec
+from ..histogram import LATENCY_BOUNDS, Histogram
 from ..lograte import LogLimiter
 from ..store import BucketRow
 
@@ -59,9 +60,12 @@ class Bucket:
         self.info = info
         self.events = 0
         self.errors = 0
+        #: Seconds each view call took in the handler (the metrics' view-latency histogram).
+        self.view_latency = Histogram(LATENCY_BOUNDS)
         #: Handler exceptions are logged at most once a minute per bucket (each is also sent
         #: to the client that caused it), so a broken handler cannot flood the log.
         self._error_log = LogLimiter()
+        self._state_log = LogLimiter()
         self.handler: Any = None
         #: Why the bucket cannot take requests (its handler is gone or failed to start).
         self.broken: str | None = None
@@ -203,12 +207,35 @@ class Bucket:
             inspect.signature(method).bind(**args)
         except TypeError as exc:
             raise BadArgument(f"view {name!r}: {exc}") from None
+        started = time.perf_counter()
         try:
             return method(**args)
         except BaseException as exc:
             raise self._handler_error(
                 f"view {self.row.handler}.{name} raised {_describe(exc)}"
             ) from None
+        finally:
+            self.view_latency.observe(time.perf_counter() - started)
+
+    def state_bytes(self) -> float | None:
+        """What the handler reports its state takes (``Handler.state_bytes``), or None if it
+        reports nothing (or failed to: logged, at most once a minute, not counted as a
+        handler error, since no request made the call)."""
+        if self.info is None or not self.info.reports_state_bytes or self.handler is None:
+            return None
+        try:
+            size = self.handler.state_bytes()
+        except BaseException as exc:
+            problem = f"raised {_describe(exc)}"
+        else:
+            if size is None:
+                return None
+            if type(size) in (int, float) and size >= 0:
+                return float(size)
+            problem = f"returned {size!r}, not a number of bytes"
+        if self._state_log.ready():
+            log.warning("bucket %r: %s.state_bytes %s", self.name, self.row.handler, problem)
+        return None
 
     def dump(self) -> Any:
         try:

@@ -51,7 +51,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -123,6 +123,8 @@ class ServerConnection(asyncio.Protocol):
         self._pipeline: Pipeline | None = None
         #: A request read while pipelining that must wait for the pipeline (``_pipeline_more``).
         self._held: Request | ErrorReply | None = None
+        #: ``_held`` is a send waiting for room in its durable bucket's queue (``_room``).
+        self._waiting_for_room = False
         #: Reading paused or not, and the turns shared with other connections (flow.py).
         self.flow = FlowControl()
 
@@ -148,7 +150,7 @@ class ServerConnection(asyncio.Protocol):
         server = self.server
         if server.shutting_down:
             # Accepted just before the listener closed: it would miss the shutdown's finish().
-            transport.write(self.protocol.error(None, ShuttingDown(
+            self._transmit(self.protocol.error(None, ShuttingDown(
                 "the server is shutting down; reconnect to another or later"
             )))
             self.closed = True
@@ -168,7 +170,7 @@ class ServerConnection(asyncio.Protocol):
                 f"the server has its maximum of {server.config.max_connections} connections; "
                 "try again later"
             )
-            transport.write(self.protocol.error(None, exc))
+            self._transmit(self.protocol.error(None, exc))
             self.closed = True
             transport.close()
             return
@@ -176,7 +178,7 @@ class ServerConnection(asyncio.Protocol):
             victim.give_way(limit)
         server.connections.add(self)
         server.connections_total += 1
-        transport.write(self.protocol.greeting(server.name))
+        self._transmit(self.protocol.greeting(server.name))
 
     @property
     def authenticating(self) -> bool:
@@ -208,6 +210,7 @@ class ServerConnection(asyncio.Protocol):
         return False  # the client is done sending: close (after the replies already written)
 
     def data_received(self, data: bytes) -> None:
+        self.server.bytes_received += len(data)
         if self.closed:
             return  # read only so that closing does not reset the connection (``close``)
         protocol = self.protocol
@@ -305,7 +308,15 @@ class ServerConnection(asyncio.Protocol):
 
     def _write(self, out: list[bytes]) -> None:
         if out and not self.closed and self.transport is not None:
+            self.server.bytes_sent += sum(map(len, out))
             self.transport.writelines(out)
+
+    def _transmit(self, data: bytes) -> None:
+        """Write ``data``, counted in ``bytes_sent`` (every write goes through here or
+        ``_write``)."""
+        assert self.transport is not None
+        self.server.bytes_sent += len(data)
+        self.transport.write(data)
 
     def _queue_or_drop(self, reply: bytes) -> None:
         """Write one reply, unless the client already lets too much pile up: then drop it."""
@@ -316,7 +327,7 @@ class ServerConnection(asyncio.Protocol):
         if queued > self.server.config.max_write_buffer:
             self._drop_slow_reader(queued)
         else:
-            transport.write(reply)
+            self._transmit(reply)
 
     def _handle(self, request: Request) -> bytes | None:
         try:
@@ -456,10 +467,12 @@ class ServerConnection(asyncio.Protocol):
         once its buffer is full, and the request is handled again, in its turn, afterwards.
         """
         self._held = request
+        self._waiting_for_room = True
         self.busy = asyncio.get_running_loop().create_task(self._room(bucket))
 
     async def _room(self, bucket: Bucket) -> None:
         await self.server.durable.room(bucket)
+        self._waiting_for_room = False
         self.busy = None
         self._resume_reading()
         self._process()
@@ -514,6 +527,20 @@ class ServerConnection(asyncio.Protocol):
             self._pipeline_more()
             if protocol.buffered <= protocol.max_buffered:
                 self._resume_reading()
+
+    def waits(self) -> Iterator[str]:
+        """What each request read and not yet carried out waits for (for the metrics):
+        ``commit`` (a durable send, its commit), ``bucket_queue`` (a send, room in its durable
+        bucket's full queue), ``pipeline`` (a request, the durable sends before it), ``turn``
+        (the requests still unread of a connection that yielded its turn to the others: counted
+        once, as at least one)."""
+        if self._pipeline is not None:
+            for _ in range(self._pipeline.waiting()):
+                yield "commit"
+        if self._held is not None:
+            yield "bucket_queue" if self._waiting_for_room else "pipeline"
+        if self.flow.yielded:
+            yield "turn"
 
     # -- login and permissions (login.py) ------------------------------------------------
 

@@ -18,11 +18,19 @@ rename ours ``exported_job``. The reasons, frame errors and login results known 
 exported at 0 before they happen (``MetricSpec.known``), so ``rate()`` sees the first ones. The
 endpoint shows no event data, user name or secret; docs/security.md says how to protect it.
 ``METRICS`` lists every metric, and docs/operations.md is generated from it.
+
+Histograms (a view's latency, a durable commit's time and size, the event loop's lag) are
+``bucketly.histogram.Histogram`` counts kept where they are measured, turned into Prometheus
+histograms here. The event loop's lag is measured while the endpoint is on (``LoopLagProbe``): a
+timer every ``LOOP_LAG_INTERVAL`` notes how late it fires, which is how long whatever ran on the
+loop then (a handler, a large batch, a job's serialized part) made every other request wait.
+A handler that reports the size of its state (``Handler.state_bytes``) is asked at scrape time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -31,10 +39,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector as _CollectorBase
 
 from ..errors import WIRE_CODES, BadFrame, BadRequest, FrameTooLarge
+from ..histogram import LOOP_LAG_BOUNDS, Histogram
 
 if TYPE_CHECKING:
     from .server import Server
@@ -47,12 +61,23 @@ log = logging.getLogger("bucketly.server")
 MAX_REQUEST_HEAD = 8 * 1024
 #: Seconds a client has to send its request head.
 REQUEST_TIMEOUT = 5.0
+#: Seconds between two measurements of the event loop's lag: ten a second cost nothing next to
+#: ingest (a timer each), and a stall of the loop longer than this is always measured whole.
+LOOP_LAG_INTERVAL = 0.1
+
+#: The limits a connection can be closed or refused for (``ServerConnection.limit_exceeded``,
+#: admission.py, protocol/connection.py): each the option that sets it.
+CLOSING_LIMITS = ("auth_timeout", "frame_timeout", "max_connections", "max_frame_objects",
+                  "max_unauthenticated_per_address", "max_write_buffer", "pre_auth_bytes",
+                  "pre_auth_frames", "reserved_connections")
+#: What a request read and not yet carried out can wait for (``ServerConnection.waits``).
+WAITS = ("bucket_queue", "commit", "pipeline", "turn")
 
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    kind: str  # "counter" or "gauge"
+    kind: str  # "counter", "gauge" or "histogram"
     labels: tuple[str, ...]
     help: str
     #: Label values exported at 0 before they happen. Prometheus's ``rate()`` and
@@ -80,11 +105,28 @@ METRICS = [
                tuple(sorted((BadFrame.code, BadRequest.code, FrameTooLarge.code)))),
     MetricSpec("bucketly_connections_closed_by_limit", "counter", ("limit",),
                "Connections closed, or refused, for a limit, by the option that sets it "
-               "(max_connections, pre_auth_frames, auth_timeout, max_write_buffer...)."),
+               "(max_connections, pre_auth_frames, auth_timeout, max_write_buffer...).",
+               CLOSING_LIMITS),
     MetricSpec("bucketly_authentications", "counter", ("result",),
                "Logins, by result: password_ok, password_failed, token_ok, token_failed, "
                "throttled.",
                ("password_ok", "password_failed", "token_ok", "token_failed", "throttled")),
+    MetricSpec("bucketly_received_bytes", "counter", (),
+               "Bytes read from client connections (under TLS, once decrypted)."),
+    MetricSpec("bucketly_sent_bytes", "counter", (),
+               "Bytes written to client connections: greetings, replies, errors (under TLS, "
+               "before encryption)."),
+    MetricSpec("bucketly_requests_waiting", "gauge", ("wait",),
+               "Requests read and not yet carried out, by what they wait for: commit (a "
+               "durable send, its commit), bucket_queue (a send, room in its durable bucket's "
+               "full queue), pipeline (a request, the durable sends before it on its "
+               "connection), turn (connections that yielded their turn to the others, with "
+               "requests unread).",
+               WAITS),
+    MetricSpec("bucketly_event_loop_lag_seconds", "histogram", (),
+               f"How late a timer of the event loop fired, measured every "
+               f"{LOOP_LAG_INTERVAL:g} s: how long what ran on the loop then made every "
+               f"other request wait."),
     MetricSpec("bucketly_bucket_events_applied", "counter", ("bucket",),
                "Events applied to the bucket since the server started."),
     MetricSpec("bucketly_bucket_handler_errors", "counter", ("bucket",),
@@ -92,6 +134,11 @@ METRICS = [
     MetricSpec("bucketly_bucket_unavailable", "gauge", ("bucket",),
                "1 if the bucket cannot take requests (its handler is gone or failed, or it "
                "was quarantined at start-up)."),
+    MetricSpec("bucketly_bucket_view_duration_seconds", "histogram", ("bucket",),
+               "How long each view call took in the bucket's handler (failed calls too)."),
+    MetricSpec("bucketly_bucket_state_bytes", "gauge", ("bucket",),
+               "The size of the bucket's state as its handler reports it (Handler.state_bytes; "
+               "no sample for a handler that reports none)."),
     MetricSpec("bucketly_job_runs", "counter", ("bucket", "job_name"),
                "Runs of the scheduled job since the server started."),
     MetricSpec("bucketly_job_failures", "counter", ("bucket", "job_name"),
@@ -115,27 +162,44 @@ METRICS = [
                "Seconds spent in durable commits."),
     MetricSpec("bucketly_journal_queued", "gauge", (),
                "Records and actions waiting for the durable journal."),
+    MetricSpec("bucketly_journal_written_bytes", "counter", (),
+               "Bytes of durable sends committed to the journal (their payloads)."),
+    MetricSpec("bucketly_journal_commit_duration_seconds", "histogram", (),
+               "How long each durable commit took: its transaction, whose fsync is most of it "
+               "(synchronous=FULL); every durable send waits for one."),
+    MetricSpec("bucketly_journal_commit_sends", "histogram", (),
+               "Durable sends in each commit (group commit: they share its fsync)."),
     MetricSpec("bucketly_bucket_journal_queued_bytes", "gauge", ("bucket",),
                "What the durable bucket's sends waiting for their commit take in memory, at most "
                "(back-pressure at --max-bucket-queue)."),
     MetricSpec("bucketly_bucket_journal_records_since_snapshot", "gauge", ("bucket",),
                "Journal records of the durable bucket after its snapshot: what a restart "
                "replays."),
+    MetricSpec("bucketly_bucket_journal_log_bytes", "gauge", ("bucket",),
+               "Bytes of the durable bucket's journal records after its snapshot (their "
+               "payloads): what its log takes in the database file, near enough, until the next "
+               "snapshot compacts it."),
     MetricSpec("bucketly_bucket_seconds_since_snapshot", "gauge", ("bucket",),
-               "Seconds since the durable bucket's last snapshot (or since the server started)."),
+               "Seconds since the durable or snapshot-level bucket's last snapshot (or since the "
+               "server started): for a snapshot-level bucket, what a kill -9 would lose."),
 ]
 _SPECS = {spec.name: spec for spec in METRICS}
+_FAMILIES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+             "histogram": HistogramMetricFamily}
 
 
 class Collector(_CollectorBase):
     """Reads the server's counters at scrape time (see the module docstring)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, loop_lag: Histogram | None = None) -> None:
         self.server = server
+        self.loop_lag = loop_lag
 
-    def _family(self, name: str) -> CounterMetricFamily | GaugeMetricFamily:
+    def _family(self, name: str) -> CounterMetricFamily | GaugeMetricFamily | (
+        HistogramMetricFamily
+    ):
         spec = _SPECS[name]
-        cls = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
+        cls = _FAMILIES[spec.kind]
         return cls(name, spec.help, labels=list(spec.labels))
 
     def collect(self) -> Iterator[Metric]:
@@ -144,7 +208,14 @@ class Collector(_CollectorBase):
         families = {spec.name: self._family(spec.name) for spec in METRICS}
 
         def add(name: str, value: float, *labels: str) -> None:
-            families[name].add_metric(list(labels), value)
+            family = families[name]
+            assert not isinstance(family, HistogramMetricFamily)
+            family.add_metric(list(labels), value)
+
+        def add_histogram(name: str, histogram: Histogram, *labels: str) -> None:
+            family = families[name]
+            assert isinstance(family, HistogramMetricFamily)
+            family.add_metric(list(labels), histogram.cumulative(), histogram.sum)
 
         stats = server.durable.statistics()
         add("bucketly_connections", len(server.connections))
@@ -154,12 +225,21 @@ class Collector(_CollectorBase):
         for key in ("commits", "records", "events", "failed_commits", "commit_seconds"):
             add(f"bucketly_journal_{key}", stats[key])
         add("bucketly_journal_queued", stats["queued"])
+        add("bucketly_journal_written_bytes", server.durable.written_bytes)
+        add_histogram("bucketly_journal_commit_duration_seconds", server.durable.commit_latency)
+        add_histogram("bucketly_journal_commit_sends", server.durable.commit_sizes)
+        add("bucketly_received_bytes", server.bytes_received)
+        add("bucketly_sent_bytes", server.bytes_sent)
+        if self.loop_lag is not None:
+            add_histogram("bucketly_event_loop_lag_seconds", self.loop_lag)
+        waits = collections.Counter(wait for conn in server.connections for wait in conn.waits())
         refused = server.refused_events + server.durable.refused_events
         for counts, name in (
             (refused, "bucketly_events_refused"),
             (server.rejected_frames, "bucketly_frames_rejected"),
             (server.closed_by_limit, "bucketly_connections_closed_by_limit"),
             (server.authentications, "bucketly_authentications"),
+            (waits, "bucketly_requests_waiting"),
         ):
             for reason in _SPECS[name].known:
                 if reason not in counts:
@@ -170,13 +250,24 @@ class Collector(_CollectorBase):
             add("bucketly_bucket_events_applied", bucket.events, name)
             add("bucketly_bucket_handler_errors", bucket.errors, name)
             add("bucketly_bucket_unavailable", 1 if bucket.broken else 0, name)
+            add_histogram("bucketly_bucket_view_duration_seconds", bucket.view_latency, name)
+            size = bucket.state_bytes()
+            if size is not None:
+                add("bucketly_bucket_state_bytes", size, name)
             journal = bucket.journal
             if journal is not None:
                 add("bucketly_bucket_journal_queued_bytes", journal.queued, name)
                 add("bucketly_bucket_journal_records_since_snapshot",
                     journal.records_since_snapshot, name)
+                add("bucketly_bucket_journal_log_bytes", journal.log_bytes, name)
                 add("bucketly_bucket_seconds_since_snapshot", monotonic - journal.snapshot_at,
                     name)
+            snapshots = bucket.snapshots
+            if snapshots is not None:
+                taken = snapshots.taken_at if snapshots.taken_at is not None else (
+                    server.started_at
+                )
+                add("bucketly_bucket_seconds_since_snapshot", max(0.0, now - taken), name)
             for job_name, job in sorted(bucket.jobs.items()):
                 add("bucketly_job_runs", job.runs, name, job_name)
                 add("bucketly_job_failures", job.failures, name, job_name)
@@ -210,8 +301,10 @@ class MetricsServer:
         self.host, self.port = parse_address(address)
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.registry.register(Collector(server))
+        self.loop_lag = Histogram(LOOP_LAG_BOUNDS)
+        self.registry.register(Collector(server, self.loop_lag))
         self._listener: asyncio.Server | None = None
+        self._probe: asyncio.Task[None] | None = None
         #: (host, port) actually bound, once listening.
         self.address: tuple[str, int] | None = None
 
@@ -221,9 +314,24 @@ class MetricsServer:
         )
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        self._probe = asyncio.get_running_loop().create_task(
+            self._measure_loop_lag(), name="event loop lag"
+        )
         log.info("metrics on http://%s:%d/metrics", *self.address)
 
+    async def _measure_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        lag = self.loop_lag
+        while True:
+            due = loop.time() + LOOP_LAG_INTERVAL
+            await asyncio.sleep(LOOP_LAG_INTERVAL)
+            # The loop may wake a timer up to its clock resolution early: that is no lag.
+            lag.observe(max(0.0, loop.time() - due))
+
     async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         if self._listener is not None:
             self._listener.close()
             await self._listener.wait_closed()

@@ -54,6 +54,10 @@ class Pipeline:
         """A reply that must wait for the sends before it."""
         self._items.append(reply)
 
+    def waiting(self) -> int:
+        """How many of the sends still wait for their commit (for the metrics)."""
+        return sum(1 for item in self._items if type(item) is tuple and not item[1].done())
+
     def full(self, max_cost: int) -> bool:
         return len(self._items) >= MAX_PIPELINED_SENDS or self.cost >= max_cost
 

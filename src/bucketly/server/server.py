@@ -112,6 +112,10 @@ class Server:
         self.rejected_frames: collections.Counter[str] = collections.Counter()
         self.closed_by_limit: collections.Counter[str] = collections.Counter()
         self.authentications: collections.Counter[str] = collections.Counter()
+        #: Bytes read from and written to client connections (the protocol's bytes: under TLS,
+        #: before encryption).
+        self.bytes_received = 0
+        self.bytes_sent = 0
         #: Set once the listener accepts connections (``readiness``).
         self._ready = False
         #: The HTTP endpoint of metrics and health checks (metrics.py), if asked for.
