@@ -440,7 +440,8 @@ def _memory_per_pair(suite: Suite, key: str, field_name: str) -> float | None:
 
 
 def target_rows(suite: Suite) -> list[list[str]]:
-    """Issue 7's targets, each with what this run measured and whether it is met."""
+    """Issue 7's and issue 14's targets, each with what this run measured and whether it is
+    met."""
     rows: list[list[str]] = []
 
     def add(target: str, value: float | None, text: str, met: bool | None) -> None:
@@ -489,6 +490,16 @@ def target_rows(suite: Suite) -> list[list[str]]:
                         f"bucketly/{conns}conn/batched/memory/uniform")
         add(f"durable bucket, {conns} connection{'s' * (conns > 1)}: >= half the in-memory "
             "rate", r, f"{r or 0:.2f}x", (r or 0) >= 0.5)
+    # Issue 14, "Speed of one server": what every shard multiplies.
+    for dist in DISTRIBUTIONS:
+        r = round_ratio(suite, f"bucketly/1conn/batched/memory/plain/{dist}",
+                        f"inprocess/handler/{PLAIN}/{dist}")
+        add(f"plain-Python handler ({PLAIN}), {dist}: through bucketlyd >= 0.85x of its "
+            "in-process ceiling (issue 14)", r, f"{r or 0:.2f}x", (r or 0) >= 0.85)
+    r = round_ratio(suite, "bucketly/1conn/batched/durable/uniform",
+                    "bucketly/1conn/batched/memory/uniform")
+    add("durable bucket, 1 connection: >= 0.75x of the in-memory rate (issue 14)", r,
+        f"{r or 0:.2f}x", (r or 0) >= 0.75)
     return rows
 
 
@@ -643,7 +654,8 @@ def render_markdown(suite: Suite, command: str, started: datetime.datetime,
         parts += [
             "## Targets",
             "",
-            "Issue 7's targets, computed from the tables above. A ratio between two systems is "
+            "Issue 7's and issue 14's targets, computed from the tables above. A ratio between "
+            "two systems is "
             "the median of their per-round ratios.",
             "",
             md_table(["Target", "Measured", "Met"], targets),

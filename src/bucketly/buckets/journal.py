@@ -77,6 +77,25 @@ MAX_COMMIT_BYTES = 64 * 1024 * 1024
 _Action = Callable[[], Awaitable[None]]
 
 
+class _Commit:
+    """One transaction of records, from the moment it is handed to the writer thread until
+    its records are applied (``Journal._commit``)."""
+
+    __slots__ = ("last", "resent", "started", "taken", "write", "written")
+
+    def __init__(self, written: list[Record], resent: list[Record], last: dict[Bucket, int],
+                 taken: dict[tuple[Bucket, str], int], write: asyncio.Future[None]) -> None:
+        #: The records written, in log order, and the resends settled once they are applied.
+        self.written = written
+        self.resent = resent
+        #: The last record number written, per bucket.
+        self.last = last
+        #: The highest producer seq written, per (bucket, producer).
+        self.taken = taken
+        self.write = write
+        self.started = time.perf_counter()
+
+
 class Journal:
     """The durable buckets of one server. ``start()`` it on the loop, ``await stop()`` it."""
 
@@ -268,12 +287,7 @@ class Journal:
                 queue.popleft()
                 await head()  # type: ignore[operator]
                 continue
-            records: list[Record] = []
-            size = 0
-            while queue and type(queue[0]) is Record and size < MAX_COMMIT_BYTES:
-                record: Record = queue.popleft()  # type: ignore[assignment]
-                records.append(record)
-                size += len(record.payload)
+            records = self._take()
             try:
                 await self._commit(records)
             except Exception:
@@ -282,13 +296,66 @@ class Journal:
                     if not record.future.done():
                         self._settle(record, error=InternalError("internal server error"))
 
+    def _take(self, *, overlapping: bool = False) -> list[Record]:
+        """The records at the head of the queue, up to ``MAX_COMMIT_BYTES``.
+
+        At least one, unless ``overlapping``: taken while the records of the commit before are
+        not applied yet, then none from the first whose bucket is no longer durable on
+        (``_prepare`` applies such a record at once, which must not be before those)."""
+        queue = self._queue
+        records: list[Record] = []
+        size = 0
+        while queue and type(queue[0]) is Record and size < MAX_COMMIT_BYTES:
+            record = queue[0]
+            if overlapping and record.bucket.journal is None:
+                break
+            queue.popleft()
+            records.append(record)
+            size += len(record.payload)
+        return records
+
     async def _commit(self, records: list[Record]) -> None:
+        """Log ``records`` in one transaction, then apply them, in order.
+
+        Pipelined: once a commit is on disk, the records queued meanwhile are handed to the
+        writer thread as the next commit *before* the first commit's records are applied, so
+        that the event loop applies one commit while SQLite writes and fsyncs the next. The
+        order is kept (each commit is applied once it is on disk and after the one before), and
+        so is the promise: nothing is applied, or acknowledged, before it is on disk. The
+        records taken for the next commit join ``records``, for the pump's error handling.
+        """
+        commit = self._prepare(records, {})
+        while commit is not None:
+            written = await self._written(commit)
+            following = None
+            if written and self._queue and type(self._queue[0]) is Record:
+                more = self._take(overlapping=True)
+                records.extend(more)
+                # Taken after the commit before, which is noted (its seqs, its resends).
+                following = self._prepare(more, commit.taken)
+            try:
+                if written:
+                    self._applied(commit)
+            except BaseException:
+                if following is not None:
+                    # Not left writing on its own: the pump settles its records next.
+                    await asyncio.wait([following.write])
+                raise
+            commit = following
+
+    def _prepare(self, records: list[Record],
+                 taken: dict[tuple[Bucket, str], int]) -> _Commit | None:
+        """Number ``records`` and hand them to the writer thread; None if none is to be
+        written (each settled already: a resend, a deleted bucket, a bucket no longer durable).
+
+        ``taken``: the highest producer seq per (bucket, producer) written but not yet
+        applied (the commit before's), so that a resend of one of those is recognised too."""
         rows: list[tuple[Any, ...]] = []
         written: list[Record] = []
         resent: list[Record] = []
         last: dict[Bucket, int] = {}
         # The highest producer seq taken into this commit, per (bucket, producer).
-        taken: dict[tuple[Bucket, str], int] = {}
+        taken = dict(taken)
         for record in records:
             bucket = record.bucket
             if self.buckets.get(bucket.name) is not bucket:
@@ -319,30 +386,34 @@ class Journal:
         if not written:
             for record in resent:
                 self._settle(record, {"accepted": len(record.events), "duplicate": True})
-            return
+            return None
         doubtful = [
             (b.name, b.journal.seq) for b in last if b.journal is not None and b.journal.in_doubt
         ]
         heads = [(b.name, seq) for b, seq in last.items()]
-        started = time.perf_counter()
+        write = self.db.write_soon(partial(self._write_records, rows, doubtful, heads))
+        return _Commit(written, resent, last, taken, write)
+
+    async def _written(self, commit: _Commit) -> bool:
+        """Wait for ``commit``'s transaction; note it (True), or refuse its sends (False)."""
         try:
-            await self.db.write(partial(self._write_records, rows, doubtful, heads))
+            await commit.write
         except StorageError as exc:
-            self._commit_failed(last, written, exc)
-            for record in resent:
+            self._commit_failed(commit.last, commit.written, exc)
+            for record in commit.resent:
                 self._settle(record, {"accepted": len(record.events), "duplicate": True})
-            return
+            return False
         self.fault("commit.after_commit")
         self.commits += 1
-        self.records += len(written)
-        elapsed = time.perf_counter() - started
+        self.records += len(commit.written)
+        elapsed = time.perf_counter() - commit.started
         self.commit_seconds += elapsed
         self.commit_latency.observe(elapsed)
-        self.commit_sizes.observe(len(written))
-        for bucket in last:
+        self.commit_sizes.observe(len(commit.written))
+        for bucket in commit.last:
             assert bucket.journal is not None
             bucket.journal.in_doubt = False
-        for record in written:
+        for record in commit.written:
             # Actions (the only things that replace bucket.journal) never run during a commit.
             journal = record.bucket.journal
             assert journal is not None
@@ -352,10 +423,15 @@ class Journal:
             journal.log_bytes += len(record.payload)
             self.written_bytes += len(record.payload)
             self.events += len(record.events)
+        return True
+
+    def _applied(self, commit: _Commit) -> None:
+        """Apply the records of ``commit``, on disk now, in log order, and settle its sends."""
+        for record in commit.written:
             self._apply(record)
-        for record in resent:
+        for record in commit.resent:
             self._settle(record, {"accepted": len(record.events), "duplicate": True})
-        for bucket in last:
+        for bucket in commit.last:
             journal = bucket.journal
             if (
                 journal is not None

@@ -211,8 +211,14 @@ class Database:
         Raises ``StorageError`` (and rolls back) if SQLite fails, so the caller can refuse the
         request and leave its in-memory state untouched.
         """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._write, fn)
+        return await self.write_soon(fn)
+
+    def write_soon(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """``write(fn)``, handed to the writer thread now rather than when awaited: the caller
+        can go on working on the event loop while the transaction runs (the durable log
+        applies one commit's records while the next commit is written). Await the future for
+        the result or the ``StorageError``."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._write, fn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._connection()
