@@ -192,11 +192,11 @@ class Collector(_CollectorBase):
         yield from families.values()
 
 
-def parse_address(address: str) -> tuple[str, int]:
+def parse_address(address: str, option: str = "--metrics-address") -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:9484`` for IPv6) as (host, port); ValueError if malformed."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--metrics-address must be HOST:PORT, not {address!r}")
+        raise ValueError(f"{option} must be HOST:PORT, not {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
