@@ -209,3 +209,26 @@ def test_every_metric_is_in_docs_operations_md() -> None:
          ", ".join(f"`{label}`" for label in spec.labels) or "-")
         for spec in METRICS
     ]
+
+
+def test_the_statsd_listener_counts_in_the_metrics(tmp_path: Path) -> None:
+    port = _free_port()
+    with run_server(database=tmp_path / "db.dat",
+                    extra_args=["--metrics-address", f"127.0.0.1:{port}",
+                                "--statsd", "127.0.0.1:0"]) as server:
+        with server.client() as client:
+            statsd_port = client.stats()["statsd"]["address"][1]
+            before = _samples(port)
+            assert before[("bucketly_statsd_rejected_total", (("reason", "no_value"),))] == 0
+            assert before[("bucketly_statsd_kernel_drops_total", ())] == 0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.sendto(b"a:1|c\na:2:3|ms\nnope\nb:x|g", ("127.0.0.1", statsd_port))
+            deadline = time.monotonic() + 10
+            while client.stats()["statsd"]["metrics"] < 3:
+                assert time.monotonic() < deadline, client.stats()["statsd"]
+                time.sleep(0.01)
+            after = _samples(port)
+    assert after[("bucketly_statsd_metrics_total", ())] == 3
+    assert after[("bucketly_statsd_rejected_total", (("reason", "no_value"),))] == 1
+    assert after[("bucketly_statsd_rejected_total", (("reason", "bad_value"),))] == 1
+    assert after[("bucketly_statsd_graphite_failures_total", ())] == 0

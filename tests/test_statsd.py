@@ -7,6 +7,8 @@ lines sent (``_wait_taken``), then reads the views.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -289,3 +291,30 @@ def test_graphite_backend_writes_one_flush_with_statsds_names(tmp_path: Path) ->
         "stats.sets.app.users.count 2",
     ]
     assert last["counters"]["app.hits"] == {"count": 5, "rate": 5}
+
+
+def test_kernel_drops_are_read_and_every_datagram_is_accounted_for(tmp_path: Path) -> None:
+    args = ["--statsd", "127.0.0.1:0", "--statsd-receive-buffer", "4096"]
+    with run_server(database=tmp_path / "db.dat", extra_args=args) as server:
+        with server.client() as client:
+            port = _statsd_stats(client)["address"][1]
+            sent = 2000
+            # Stopped, the server reads nothing: the small buffer fills and the kernel drops.
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    for _ in range(sent):
+                        udp.sendto(b"flood:1|c", ("127.0.0.1", port))
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            deadline = time.monotonic() + WAIT
+            while True:
+                stats = _statsd_stats(client)
+                if stats["datagrams"] + stats["kernel_drops"] >= sent:
+                    break
+                assert time.monotonic() < deadline, stats
+                time.sleep(0.01)
+            assert stats["kernel_drops"] > 0
+            assert stats["datagrams"] + stats["kernel_drops"] == sent
+            taken = client.view("statsd", "counter", name="flood")["count"]
+            assert taken == stats["datagrams"]
