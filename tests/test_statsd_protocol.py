@@ -6,10 +6,13 @@ from __future__ import annotations
 import collections
 import math
 import random
+import re
+from pathlib import Path
 
 import pytest
 
-from bucketly.protocol.statsd import MAX_LINE, LineBuffer, Metric, parse
+from bucketly.protocol.statsd import MAX_LINE, REJECT_REASONS, LineBuffer, Metric, parse
+from bucketly.server.statsd_defaults import LISTENER_REASONS
 from bucketly.statsd import (
     EXACT_SAMPLES,
     RELATIVE_ACCURACY,
@@ -203,3 +206,12 @@ def test_graphite_lines_use_statsds_names() -> None:
         "stats.sets.users-x.count 1 1700000010",
     ]
     assert graphite_name("a b/c*d") == "a_b-cd"
+
+
+def test_docs_statsd_md_lists_every_reject_reason() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "statsd.md").read_text()
+    documented = re.findall(r"^\| `(\w+)` \| (?!counter|gauge|timer|histogram|distri|set)", text,
+                            re.M)
+    assert sorted(documented) == sorted((*REJECT_REASONS, *LISTENER_REASONS))
+    assert f"{EXACT_SAMPLES:,} samples" in text
+    assert f"within {RELATIVE_ACCURACY:.0%}" in text
