@@ -10,8 +10,18 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bucketly.protocol.statsd import MAX_LINE, REJECT_REASONS, LineBuffer, Metric, parse
+from bucketly.protocol.statsd import (
+    MAX_LINE,
+    REJECT_REASONS,
+    LineBuffer,
+    Metric,
+    StatsdParser,
+    parse,
+    parse_line,
+)
 from bucketly.server.statsd_defaults import LISTENER_REASONS
 from bucketly.statsd import (
     EXACT_SAMPLES,
@@ -215,3 +225,27 @@ def test_docs_statsd_md_lists_every_reject_reason() -> None:
     assert sorted(documented) == sorted((*REJECT_REASONS, *LISTENER_REASONS))
     assert f"{EXACT_SAMPLES:,} samples" in text
     assert f"within {RELATIVE_ACCURACY:.0%}" in text
+
+
+_pieces = st.sampled_from([
+    b"a", b"b.c", b"", b":", b"|", b"1", b"-2.5", b"+3", b"x", b"nan", b"c", b"g", b"ms", b"s",
+    b"d", b"h", b"@0.5", b"@2", b"#env:prod,az", b"#", b"c:id", b"T17", b"\r", b"\xff", b"_e{",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_pieces, max_size=8).map(b"".join), max_size=6))
+def test_the_fast_path_gives_what_parse_line_gives(lines: list[bytes]) -> None:
+    """StatsdParser's fast path (and its memos, over two passes) agrees with parse_line."""
+    expected: list[Metric] = []
+    reasons: collections.Counter[str] = collections.Counter()
+    for line in lines:
+        if line:
+            reason = parse_line(line, expected)
+            if reason is not None:
+                reasons[reason] += 1
+    parser = StatsdParser()
+    data = b"\n".join(lines)
+    for _ in range(2):
+        assert parser.parse(data) == expected
+    assert parser.rejects == reasons + reasons

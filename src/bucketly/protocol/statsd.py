@@ -27,6 +27,7 @@ __all__ = [
     "REJECT_REASONS",
     "LineBuffer",
     "Metric",
+    "StatsdParser",
     "parse",
     "parse_line",
 ]
@@ -35,6 +36,10 @@ __all__ = [
 #: statsd clients keep theirs under a network MTU (512-1,432 bytes); a stream with no newline in
 #: this many bytes is not statsd, and buffering it without bound would let it take memory.
 MAX_LINE = 64 * 1024
+
+#: Metric names the parser remembers decoded (then it starts again): a bound on what a sender
+#: of ever-new names can make it hold.
+MAX_NAMES = 100_000
 
 #: The ``kind`` of a ``Metric``: the statsd type, with ``gd`` for a gauge delta (``+3|g``).
 KINDS = ("c", "g", "gd", "ms", "h", "d", "s")
@@ -71,18 +76,100 @@ class Metric(NamedTuple):
     tags: tuple[str, ...] = ()
 
 
-def parse(data: bytes, rejects: collections.Counter[str]) -> list[Metric]:
-    """The metrics of one datagram (or of lines cut from a stream), in order.
+_new = tuple.__new__  # builds a Metric without NamedTuple's Python-level __new__
 
-    Lines that are not statsd are counted in ``rejects`` by reason and skipped.
+
+class StatsdParser:
+    """Parses datagrams (or lines cut from a stream) into ``Metric`` records.
+
+    ``parse(data)`` returns the metrics of ``data``, in order; lines that are not statsd are
+    counted in ``rejects`` by reason and skipped. The common line (``name:value|type``, one
+    value, perhaps a sample rate and tags) takes a fast path that remembers the names and the
+    rate-and-tags fields it decoded (at most ``MAX_NAMES`` of each); any other line is parsed by
+    ``parse_line``, with the same result.
     """
-    out: list[Metric] = []
-    for line in data.split(b"\n"):
-        if line:
-            reason = parse_line(line, out)
-            if reason is not None:
-                rejects[reason] += 1
-    return out
+
+    def __init__(self, rejects: collections.Counter[str] | None = None) -> None:
+        self.rejects: collections.Counter[str] = (
+            rejects if rejects is not None else collections.Counter()
+        )
+        self._names: dict[bytes, str] = {}
+        self._extras: dict[bytes, tuple[float, tuple[str, ...]]] = {}
+
+    def parse(self, data: bytes) -> list[Metric]:
+        out: list[Metric] = []
+        append = out.append
+        names, extras, types, rejects = self._names, self._extras, _TYPES, self.rejects
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            head, _, rest = line.partition(b":")
+            values, bar, type_ = rest.partition(b"|")
+            kind = types.get(type_)  # None also when more fields follow, or a \r
+            rate = 1.0
+            tags: tuple[str, ...] = ()
+            if kind is None and bar:
+                type_, _, extra = type_.partition(b"|")
+                kind = types.get(type_)
+                if kind is not None:
+                    known = extras.get(extra)
+                    if known is None:
+                        fields = _fields(extra)
+                        if isinstance(fields, str):
+                            rejects[fields] += 1
+                            continue
+                        if len(extras) >= MAX_NAMES:
+                            extras.clear()
+                        known = extras[extra] = fields
+                    rate, tags = known
+            if kind is None or not bar or not values:
+                reason = parse_line(line, out)
+                if reason is not None:
+                    rejects[reason] += 1
+                continue
+            name = names.get(head)
+            if name is None:
+                try:
+                    name = head.decode()
+                except UnicodeDecodeError:
+                    rejects["not_utf8"] += 1
+                    continue
+                if not name.strip() or name.startswith(("_e{", "_sc")):
+                    reason = parse_line(line, out)
+                    if reason is not None:
+                        rejects[reason] += 1
+                    continue
+                if len(names) >= MAX_NAMES:
+                    names.clear()
+                names[head] = name
+            if kind == "s":
+                try:
+                    append(_new(Metric, (name, kind, values.decode(), rate, tags)))
+                except UnicodeDecodeError:
+                    rejects["not_utf8"] += 1
+                continue
+            if b":" in values:
+                reason = parse_line(line, out)  # DogStatsD's packed values
+                if reason is not None:
+                    rejects[reason] += 1
+                continue
+            try:
+                value = float(values)
+            except ValueError:
+                rejects["bad_value"] += 1
+                continue
+            if value - value != 0.0:  # NaN or infinite
+                rejects["bad_value"] += 1
+                continue
+            if kind == "g" and values[:1] in (b"+", b"-"):
+                kind = "gd"
+            append(_new(Metric, (name, kind, value, rate, tags)))
+        return out
+
+
+def parse(data: bytes, rejects: collections.Counter[str]) -> list[Metric]:
+    """The metrics of one datagram, in order; rejects counted (``StatsdParser.parse``)."""
+    return StatsdParser(rejects).parse(data)
 
 
 def parse_line(line: bytes, out: list[Metric]) -> str | None:
@@ -109,21 +196,10 @@ def parse_line(line: bytes, out: list[Metric]) -> str | None:
     rate = 1.0
     tags: tuple[str, ...] = ()
     if rest:
-        for field in rest.split(b"|"):
-            if field.startswith(b"@"):
-                try:
-                    rate = float(field[1:])
-                except ValueError:
-                    return "bad_sample_rate"
-                if not 0.0 < rate <= 1.0:  # also false for NaN
-                    return "bad_sample_rate"
-            elif field.startswith(b"#"):
-                try:
-                    tags = tuple(sorted(t for t in field[1:].decode().split(",") if t))
-                except UnicodeDecodeError:
-                    return "not_utf8"
-            elif not field.startswith(_IGNORED_FIELDS):
-                return "bad_field"
+        fields = _fields(rest)
+        if isinstance(fields, str):
+            return fields
+        rate, tags = fields
     if kind == "s":
         # A set's member is any text; DogStatsD packing is not applied (a member may hold ':').
         try:
@@ -132,7 +208,7 @@ def parse_line(line: bytes, out: list[Metric]) -> str | None:
             return "not_utf8"
         if not member:
             return "bad_value"
-        out.append(Metric(name, kind, member, rate, tags))
+        out.append(_new(Metric, (name, kind, member, rate, tags)))
         return None
     parsed: list[Metric] = []
     for text in values.split(b":"):
@@ -143,11 +219,33 @@ def parse_line(line: bytes, out: list[Metric]) -> str | None:
         if not math.isfinite(value):
             return "bad_value"
         if kind == "g" and text[:1] in (b"+", b"-"):
-            parsed.append(Metric(name, "gd", value, rate, tags))
+            parsed.append(_new(Metric, (name, "gd", value, rate, tags)))
         else:
-            parsed.append(Metric(name, kind, value, rate, tags))
+            parsed.append(_new(Metric, (name, kind, value, rate, tags)))
     out.extend(parsed)  # all of the line's values, or none of them
     return None
+
+
+def _fields(rest: bytes) -> tuple[float, tuple[str, ...]] | str:
+    """``(rate, tags)`` of the fields after the type, or the reason they are not statsd."""
+    rate = 1.0
+    tags: tuple[str, ...] = ()
+    for field in rest.split(b"|"):
+        if field.startswith(b"@"):
+            try:
+                rate = float(field[1:])
+            except ValueError:
+                return "bad_sample_rate"
+            if not 0.0 < rate <= 1.0:  # also false for NaN
+                return "bad_sample_rate"
+        elif field.startswith(b"#"):
+            try:
+                tags = tuple(sorted(t for t in field[1:].decode().split(",") if t))
+            except UnicodeDecodeError:
+                return "not_utf8"
+        elif not field.startswith(_IGNORED_FIELDS):
+            return "bad_field"
+    return rate, tags
 
 
 class LineBuffer:

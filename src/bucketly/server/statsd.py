@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, HandlerError
 from ..lograte import LogLimiter
-from ..protocol.statsd import REJECT_REASONS, LineBuffer, Metric, parse
+from ..protocol.statsd import REJECT_REASONS, LineBuffer, Metric, StatsdParser
 from ..statsd import StatsdMetrics, graphite_lines
 from ..store import BucketRow
 from .metrics import parse_address
@@ -132,7 +132,7 @@ class _Stream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         lines = self.lines.feed(data)
         if lines:
-            self.listener.deliver(parse(lines, self.listener.rejected))
+            self.listener.deliver(self.listener.parser.parse(lines))
 
     def eof_received(self) -> bool:
         self._last_line()
@@ -144,7 +144,7 @@ class _Stream(asyncio.Protocol):
     def _last_line(self) -> None:
         rest = self.lines.close()
         if rest:
-            self.listener.deliver(parse(rest, self.listener.rejected))
+            self.listener.deliver(self.listener.parser.parse(rest))
 
 
 class StatsdListener:
@@ -173,6 +173,7 @@ class StatsdListener:
         #: Every bucket the listener writes to: the default one and the routes'.
         self.bucket_names = sorted({self.default_bucket, *(b for _, b in self.routes)})
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.parser = StatsdParser(self.rejected)
         self.datagrams = 0
         self.tcp_connections = 0
         self.metrics = 0
@@ -326,6 +327,7 @@ class StatsdListener:
         if udp is None:
             return
         rejected = self.rejected
+        parse = self.parser.parse
         allowed = self._allowed
         recvmsg = udp.recvmsg
         ancillary = socket.CMSG_SPACE(4)
@@ -350,7 +352,7 @@ class StatsdListener:
             if not verdict:
                 rejected["source_not_allowed"] += 1
                 continue
-            metrics += parse(data, rejected)
+            metrics += parse(data)
         self.datagrams += count
         if metrics:
             self.deliver(metrics)
