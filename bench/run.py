@@ -43,6 +43,8 @@ from bench.peers import ceilings, redis_peers, statsd_peer
 from bench.workload import DISTRIBUTIONS, EVENTS, Workload, WorkloadSpec, describe
 
 STATSD_KEY = "statsd/udp"
+#: From this line to the end, docs/performance.md is written by other benchmarks, and kept.
+KEPT_BEGIN = "<!-- KEPT: written by other benchmarks, not by bench/run.py -->"
 QUICK_EVENTS = 50_000
 QUICK_LATENCY_SECONDS = 0.5
 LATENCY_SECONDS = 4.0
@@ -796,7 +798,14 @@ def main(argv: list[str] | None = None) -> int:
     print_console(suite)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_markdown(suite, command, started, seconds))
+    # Sections other benchmarks write (bench/statsd.py) are kept as they are.
+    kept = ""
+    if output.exists():
+        text = output.read_text()
+        begin = text.find(KEPT_BEGIN)
+        if begin >= 0:
+            kept = "\n" + text[begin:]
+    output.write_text(render_markdown(suite, command, started, seconds) + kept)
     print(f"wrote {output} ({seconds:.0f} s)")
     failed = sum(1 for m in suite.throughput + suite.latency for s in m.samples if s is None)
     return 1 if failed else 0

@@ -8,8 +8,10 @@ lines sent (``_wait_taken``), then reads the views.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import types
@@ -318,3 +320,46 @@ def test_kernel_drops_are_read_and_every_datagram_is_accounted_for(tmp_path: Pat
             assert stats["datagrams"] + stats["kernel_drops"] == sent
             taken = client.view("statsd", "counter", name="flood")["count"]
             assert taken == stats["datagrams"]
+
+
+#: Where .ci/run installs hot-shots (npm): ``npm install --prefix tests/node hot-shots@18``.
+HOT_SHOTS = Path(__file__).parent / "node"
+
+HOT_SHOTS_SCRIPT = r"""
+const StatsD = require('hot-shots');
+Math.random = () => 0;  // send every sampled metric: the server must still scale by 1 / rate
+const c = new StatsD({host: '127.0.0.1', port: Number(process.env.STATSD_PORT), protocol: 'udp',
+                      errorHandler: (e) => { console.error(e); process.exit(2); }});
+c.increment('hs.hits', 3);
+c.increment('hs.hits', 1, 0.25);
+c.gauge('hs.level', 10);
+c.gaugeDelta('hs.level', -4);
+c.timing('hs.rt', 12, ['env:prod']);
+c.timing('hs.rt', 30, ['env:prod']);
+c.distribution('hs.size', 7);
+c.histogram('hs.hist', 2.5);
+c.set('hs.users', 'ann');
+c.set('hs.users', 'bob');
+c.close((err) => process.exit(err ? 3 : 0));
+"""
+
+
+def test_hot_shots_from_npm(statsd_server: tuple[RunningServer, Client, int]) -> None:
+
+    node = shutil.which("node")
+    if node is None or not (HOT_SHOTS / "node_modules" / "hot-shots").is_dir():
+        why = "needs node and hot-shots (npm install --prefix tests/node hot-shots@18)"
+        if os.environ.get("CI") or os.environ.get("BUCKETLY_REQUIRE_PEERS"):
+            pytest.fail(f"{why}; CI or BUCKETLY_REQUIRE_PEERS is set, so it fails")
+        pytest.skip(why)
+    _, client, port = statsd_server
+    env = {**os.environ, "NODE_PATH": str(HOT_SHOTS / "node_modules"), "STATSD_PORT": str(port)}
+    subprocess.run([node, "-e", HOT_SHOTS_SCRIPT], cwd=HOT_SHOTS, check=True, timeout=30, env=env)
+    _wait_taken(client, 10)
+    assert client.view("statsd", "counter", name="hs.hits")["count"] == 3 + 4
+    assert client.view("statsd", "gauge", name="hs.level") == 6
+    rt = client.view("statsd", "timer", name="hs.rt", tags=["env:prod"])
+    assert (rt["count"], rt["sum"], rt["lower"], rt["upper"]) == (2, 42, 12, 30)
+    assert client.view("statsd", "timer", name="hs.size")["sum"] == 7
+    assert client.view("statsd", "timer", name="hs.hist")["sum"] == 2.5
+    assert client.view("statsd", "set", name="hs.users") == {"count": 2}
