@@ -106,6 +106,24 @@ class _Timer:
     def exact(self) -> bool:
         return self.values is not None
 
+    _NUMBERS = ("count", "samples", "sum", "sum_squares", "lower", "upper")
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain data (for snapshot(): a reload, a durable snapshot)."""
+        state: dict[str, Any] = {name: getattr(self, name) for name in self._NUMBERS}
+        state["values"] = None if self.values is None else list(self.values)
+        state["sketch"] = None if self.sketch is None else _sketch_state(self.sketch)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Timer:
+        timer = cls()
+        for name in cls._NUMBERS:
+            setattr(timer, name, state[name])
+        timer.values = None if state["values"] is None else list(state["values"])
+        timer.sketch = None if state["sketch"] is None else _sketch_from(state["sketch"])
+        return timer
+
     def summary(self, seconds: float, percentiles: Iterable[float]) -> dict[str, float]:
         mean = self.sum / self.samples
         variance = max(self.sum_squares / self.samples - mean * mean, 0.0)
@@ -144,6 +162,33 @@ class _Timer:
         value = self.sketch.get_quantile_value(q)
         # The sketch's estimate, kept within what was actually seen.
         return min(max(float(value if value is not None else 0.0), self.lower), self.upper)
+
+
+# DDSketch has no plain-data export but protobuf (an extra dependency): its two bin stores and
+# totals are copied as they are, and put back into a new sketch of the same accuracy.
+_SKETCH_TOTALS = ("_zero_count", "_count", "_min", "_max", "_sum")
+
+
+def _sketch_state(sketch: DDSketch) -> dict[str, Any]:
+    state: dict[str, Any] = {name: getattr(sketch, name) for name in _SKETCH_TOTALS}
+    for name in ("_store", "_negative_store"):
+        store = vars(getattr(sketch, name))
+        # An empty store's min_key/max_key are infinity objects: the defaults of a new store,
+        # so they are left out, and the new sketch's own are kept.
+        state[name] = {key: list(value) if key == "bins" else value
+                       for key, value in store.items() if type(value) in (int, float, list)}
+    return state
+
+
+def _sketch_from(state: dict[str, Any]) -> DDSketch:
+    sketch = DDSketch(RELATIVE_ACCURACY)
+    for name in _SKETCH_TOTALS:
+        setattr(sketch, name, state[name])
+    for name in ("_store", "_negative_store"):
+        store = getattr(sketch, name)
+        for key, value in state[name].items():
+            setattr(store, key, list(value) if key == "bins" else value)
+    return sketch
 
 
 def percentile_name(pct: float) -> str:
@@ -186,6 +231,20 @@ class Interval:
     def set_count(self, key: str) -> dict[str, int] | None:
         members = self.sets.get(key)
         return None if members is None else {"count": len(members)}
+
+    def to_state(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "counters": dict(self.counters),
+                "gauges": dict(self.gauges),
+                "timers": {key: timer.to_state() for key, timer in self.timers.items()},
+                "sets": {key: set(members) for key, members in self.sets.items()},
+                "nominal": self.nominal}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Interval:
+        return cls(state["start"], state["end"], dict(state["counters"]), dict(state["gauges"]),
+                   {key: _Timer.from_state(t) for key, t in state["timers"].items()},
+                   {key: set(members) for key, members in state["sets"].items()},
+                   state["nominal"])
 
     def summary(self, percentiles: Iterable[float]) -> dict[str, Any]:
         percentiles = tuple(percentiles)
@@ -301,6 +360,22 @@ class StatsdMetrics(Handler):
         """Every metric of the current (or ``last``) interval, summarised, with its bounds."""
         period = self._interval(interval)
         return None if period is None else period.summary(self.percentiles)
+
+    def snapshot(self) -> Any:
+        current = Interval(self.started, self.started, self.counters, self.gauges, self.timers,
+                           self.sets).to_state()
+        return {"percentiles": list(self.percentiles), "current": current,
+                "last": None if self.last is None else self.last.to_state(),
+                "flushes": self.flushes}
+
+    def restore(self, state: Any) -> None:
+        self.percentiles = tuple(state["percentiles"])
+        current = Interval.from_state(state["current"])
+        self.started = current.start
+        self.counters, self.gauges = current.counters, current.gauges
+        self.timers, self.sets = current.timers, current.sets
+        self.last = None if state["last"] is None else Interval.from_state(state["last"])
+        self.flushes = state["flushes"]
 
     def dump(self) -> Any:
         return {
