@@ -453,15 +453,6 @@ def test_every_metric_is_in_docs_operations_md() -> None:
     documented = re.findall(r"^\| `(bucketly_\w+)` \| (\w+) \|", DOCS.read_text(), re.M)
     assert len(documented) == len(METRICS)
 
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] != ["--update"]:
-        sys.exit("usage: python -m tests.test_metrics --update")
-    DOCS.write_text(_replace_generated(DOCS.read_text(), "metrics-table", metrics_table()))
-
-
 def test_a_snapshot_level_bucket_reports_the_age_of_its_snapshot(
     metrics: tuple[RunningServer, int],
 ) -> None:
@@ -482,3 +473,32 @@ def test_a_snapshot_level_bucket_reports_the_age_of_its_snapshot(
         after = time.time()
     assert before - taken_at - 0.01 <= samples[key] <= after - taken_at + 0.01
     assert ("bucketly_bucket_seconds_since_snapshot", (("bucket", "m"),)) not in samples
+
+def test_the_statsd_listener_counts_in_the_metrics(tmp_path: Path) -> None:
+    port = _free_port()
+    with run_server(database=tmp_path / "db.dat",
+                    extra_args=["--metrics-address", f"127.0.0.1:{port}",
+                                "--statsd", "127.0.0.1:0"]) as server:
+        with server.client() as client:
+            statsd_port = client.stats()["statsd"]["address"][1]
+            before = _samples(port)
+            assert before[("bucketly_statsd_rejected_total", (("reason", "no_value"),))] == 0
+            assert before[("bucketly_statsd_kernel_drops_total", ())] == 0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.sendto(b"a:1|c\na:2:3|ms\nnope\nb:x|g", ("127.0.0.1", statsd_port))
+            deadline = time.monotonic() + 10
+            while client.stats()["statsd"]["metrics"] < 3:
+                assert time.monotonic() < deadline, client.stats()["statsd"]
+                time.sleep(0.01)
+            after = _samples(port)
+    assert after[("bucketly_statsd_metrics_total", ())] == 3
+    assert after[("bucketly_statsd_rejected_total", (("reason", "no_value"),))] == 1
+    assert after[("bucketly_statsd_rejected_total", (("reason", "bad_value"),))] == 1
+    assert after[("bucketly_statsd_graphite_failures_total", ())] == 0
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--update"]:
+        sys.exit("usage: python -m tests.test_metrics --update")
+    DOCS.write_text(_replace_generated(DOCS.read_text(), "metrics-table", metrics_table()))

@@ -227,8 +227,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     binary = _require("prometheus")
     directory = tmp_path_factory.mktemp("prometheus")
     metrics_port = _free_port()
-    with run_server(handlers=TEST_HANDLERS, database=directory / "db.dat",
-                    extra_args=["--metrics-address", f"127.0.0.1:{metrics_port}"]) as server:
+    # The test handlers and StatsdMetrics, so that the statsd listener has its metrics too.
+    handlers = directory / "handlers.py"
+    handlers.write_text(TEST_HANDLERS.read_text() + "\nfrom bucketly.statsd import StatsdMetrics\n")
+    with run_server(handlers=handlers, database=directory / "db.dat",
+                    extra_args=["--metrics-address", f"127.0.0.1:{metrics_port}",
+                                "--statsd", "127.0.0.1:0"]) as server:
         with bucketly.Client(server.host, server.port, user="admin", password="admin") as client:
             client.create_bucket("durable", "Recorder", durable=True)
             client.send("durable", "kept")

@@ -168,12 +168,14 @@ def test_validate_args_checks_types_and_names() -> None:
 
 
 def test_protocol_package_does_no_io() -> None:
-    """bucketly.protocol imports with socket, asyncio and sqlite3 made unimportable."""
+    """bucketly.protocol (and its statsd parser) imports with socket, asyncio and sqlite3 made
+    unimportable."""
     code = (
         "import sys\n"
         "for name in ('socket', 'asyncio', 'sqlite3', 'selectors', 'ssl'):\n"
         "    sys.modules[name] = None\n"
         "import bucketly.protocol\n"
+        "from bucketly.protocol import statsd\n"
         "print('ok')\n"
     )
     # bucketly/__init__ pulls in the clients; import the subpackage on its own.

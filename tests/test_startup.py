@@ -79,7 +79,8 @@ def test_default_handlers_and_database_in_the_working_directory(tmp_path: Path) 
         server.wait_ready()
         assert (tmp_path / "bucketly_database.dat").exists()
         with server.client() as client:
-            assert {h["name"] for h in client.handlers()} == {"Count", "UniqueCount"}
+            assert {h["name"] for h in client.handlers()} == {"Count", "StatsdMetrics",
+                                                             "UniqueCount"}
             client.create_bucket("c", "UniqueCount", config={"key": "url", "value": "user"})
             client.send_many("c", [{"url": "/", "user": u} for u in "abcab"])
             assert client.view("c", "count", key="/") == 3

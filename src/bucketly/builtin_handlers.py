@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from .handlers import Handler, view
+from .statsd import StatsdMetrics
 from .unique import UniqueIndex
 
-__all__ = ["Count", "UniqueCount"]
+__all__ = ["Count", "StatsdMetrics", "UniqueCount"]
 
 
 class Count(Handler):

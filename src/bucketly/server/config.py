@@ -17,6 +17,7 @@ from ..protocol.connection import (
 )
 from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.limits import DEFAULT_MAX_FRAME_OBJECTS
+from . import statsd_defaults as statsd_
 from .admission import DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_RESERVED_CONNECTIONS
 from .throttle import AUTH_FREE_FAILURES, AUTH_MAX_DELAY
 
@@ -166,6 +167,52 @@ class ServerConfig:
         "HOST:PORT to serve Prometheus metrics (/metrics) and health checks (/healthz, "
         "/readyz) on, over plain HTTP; off unless given. Use a loopback address, or protect "
         "it (docs/security.md): it shows bucket and job names, and counts.",
+    )
+    statsd: str | None = _option(
+        None,
+        "HOST:PORT to take the statsd line protocol on, over UDP and TCP (the same port; 8125 "
+        "is statsd's); off unless given. statsd has no authentication: keep it on loopback, "
+        "or name the networks that may write in --statsd-allow (docs/statsd.md).",
+    )
+    statsd_allow: str = _option(
+        statsd_.DEFAULT_ALLOW,
+        "Comma-separated networks (CIDR) whose datagrams and connections the statsd listener "
+        "takes; any other source is refused and counted (source_not_allowed). Loopback only "
+        "unless told: 0.0.0.0/0,::/0 lets everyone who can reach the port write.",
+    )
+    statsd_bucket: str = _option(
+        statsd_.DEFAULT_BUCKET,
+        "The bucket statsd metrics go to when no --statsd-routes prefix matches their name; "
+        "created at start-up with the StatsdMetrics handler if it does not exist.",
+    )
+    statsd_routes: str = _option(
+        "",
+        "Comma-separated PREFIX=BUCKET: a metric whose name starts with PREFIX goes to BUCKET "
+        "(the longest prefix wins), e.g. checkout.=shop. The statsd listener writes only to "
+        "these buckets and --statsd-bucket; missing ones are created with StatsdMetrics.",
+    )
+    statsd_flush_interval: float = _option(
+        statsd_.DEFAULT_FLUSH_INTERVAL,
+        "Seconds between two statsd flushes (statsd's flushInterval): each closes the interval "
+        "of every statsd bucket (counters, timers and sets start again; gauges go on), and "
+        "sends it to --statsd-graphite.",
+    )
+    statsd_percentiles: str = _option(
+        statsd_.DEFAULT_PERCENTILES,
+        "Comma-separated percentiles of statsd timers, histograms and distributions (statsd's "
+        "percentThreshold), each reported as upper_<p> (99.9: upper_99_9); within 1% of the "
+        "true value (DDSketch).",
+    )
+    statsd_receive_buffer: int = _option(
+        statsd_.DEFAULT_RECEIVE_BUFFER,
+        "Bytes of UDP receive buffer asked of the kernel for the statsd socket: what queues "
+        "while the server is busy. Linux grants at most net.core.rmem_max (a warning says so); "
+        "datagrams beyond it are dropped by the kernel, and counted (kernel_drops).",
+    )
+    statsd_graphite: str | None = _option(
+        None,
+        "HOST:PORT of a Graphite (carbon) plaintext receiver to send every statsd flush to, "
+        "with statsd's names (stats.counters.X.rate ...; docs/statsd.md). Off unless given.",
     )
     shutdown_timeout: float = _option(
         30.0,

@@ -49,6 +49,8 @@ from prometheus_client.registry import Collector as _CollectorBase
 
 from ..errors import WIRE_CODES, BadFrame, BadRequest, FrameTooLarge
 from ..histogram import LOOP_LAG_BOUNDS, Histogram
+from ..protocol.statsd import REJECT_REASONS as STATSD_REJECT_REASONS
+from .statsd_defaults import LISTENER_REASONS as STATSD_LISTENER_REASONS
 
 if TYPE_CHECKING:
     from .server import Server
@@ -182,6 +184,18 @@ METRICS = [
     MetricSpec("bucketly_bucket_seconds_since_snapshot", "gauge", ("bucket",),
                "Seconds since the durable or snapshot-level bucket's last snapshot (or since the "
                "server started): for a snapshot-level bucket, what a kill -9 would lose."),
+    MetricSpec("bucketly_statsd_metrics", "counter", (),
+               "statsd metrics (one per value of a line) the statsd listener handed to its "
+               "buckets (with --statsd)."),
+    MetricSpec("bucketly_statsd_rejected", "counter", ("reason",),
+               "statsd lines not taken, by reason (bad_value, no_value, not_utf8...; "
+               "source_not_allowed counts datagrams and connections; docs/statsd.md).",
+               tuple(sorted((*STATSD_REJECT_REASONS, *STATSD_LISTENER_REASONS)))),
+    MetricSpec("bucketly_statsd_kernel_drops", "counter", (),
+               "UDP datagrams the kernel dropped before the statsd listener could read them "
+               "(its receive buffer was full: --statsd-receive-buffer)."),
+    MetricSpec("bucketly_statsd_graphite_failures", "counter", (),
+               "statsd flushes that could not be sent to --statsd-graphite (not retried)."),
 ]
 _SPECS = {spec.name: spec for spec in METRICS}
 _FAMILIES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
@@ -280,14 +294,21 @@ class Collector(_CollectorBase):
                     server.started_at
                 )
                 add("bucketly_job_seconds_since_success", now - since, name, job_name)
+        listener = server.statsd
+        if listener is not None:
+            add("bucketly_statsd_metrics", listener.metrics)
+            add("bucketly_statsd_kernel_drops", listener.kernel_drops())
+            add("bucketly_statsd_graphite_failures", listener.graphite_failures)
+            for reason in _SPECS["bucketly_statsd_rejected"].known:
+                add("bucketly_statsd_rejected", listener.rejected.get(reason, 0), reason)
         yield from families.values()
 
 
-def parse_address(address: str) -> tuple[str, int]:
+def parse_address(address: str, option: str = "--metrics-address") -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:9484`` for IPv6) as (host, port); ValueError if malformed."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--metrics-address must be HOST:PORT, not {address!r}")
+        raise ValueError(f"{option} must be HOST:PORT, not {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)

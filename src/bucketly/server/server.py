@@ -35,6 +35,7 @@ from .audit import AuditLog
 from .config import ServerConfig
 from .connection import CLOSE_GRACE, ServerConnection
 from .metrics import MetricsServer
+from .statsd import StatsdListener
 from .throttle import AuthThrottle
 from .tls import is_loopback, server_ssl_context
 
@@ -125,6 +126,10 @@ class Server:
                 self.metrics = MetricsServer(self, config.metrics_address)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        #: The statsd listener (statsd.py), if asked for.
+        self.statsd: StatsdListener | None = (
+            StatsdListener(self) if config.statsd is not None else None
+        )
 
     def run(self) -> None:
         """Run until SIGTERM / SIGINT (or ``stop()``), then shut down in order."""
@@ -235,6 +240,8 @@ class Server:
             ssl=ssl_context,
             ssl_handshake_timeout=config.auth_timeout if ssl_context is not None else None,
         )
+        if self.statsd is not None:
+            await self.statsd.bind()
         bound = [sock.getsockname()[0] for sock in self._listener.sockets]
         if ssl_context is not None:
             log.info(
@@ -281,6 +288,8 @@ class Server:
             log.info("restored %d bucket definitions", len(self.buckets))
         self.durable.start()
         self.snapshots.start()
+        if self.statsd is not None:
+            await self.statsd.start()
         self._tune_gc()
         self._sweeper = loop.create_task(self._sweep())
         await self._listener.start_serving()
@@ -404,6 +413,9 @@ class Server:
         if self._listener is not None:
             log.info("shutdown: no longer accepting connections")
             self._listener.close()
+        if self.statsd is not None:
+            log.info("shutdown: the statsd listener no longer reads")
+            self.statsd.close()
         self.shutting_down = True
         busy = self._busy()
         if busy:
@@ -421,6 +433,9 @@ class Server:
                 timeout,
             )
         await self.durable.drain()
+        if self.statsd is not None:
+            log.info("shutdown: a last statsd flush")
+            await self.statsd.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.connections:
@@ -501,4 +516,5 @@ class Server:
             "buckets": buckets,
             "durable_log": self.durable.statistics(),
             "snapshots": self.snapshots.statistics(),
+            **({"statsd": self.statsd.statistics()} if self.statsd is not None else {}),
         }
