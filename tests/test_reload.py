@@ -435,6 +435,7 @@ def test_a_file_of_the_last_release_opens_with_its_durable_state(
             admin.flush()
     conn = sqlite3.connect(database)
     conn.execute("ALTER TABLE durable_snapshots DROP COLUMN state_version")
+    conn.execute("ALTER TABLE buckets DROP COLUMN partition")  # schema 7's (issue 14)
     conn.execute("PRAGMA user_version = 5")
     conn.commit()
     conn.close()

@@ -176,9 +176,12 @@ class Database:
 
     def _load(self, conn: sqlite3.Connection) -> None:
         self.buckets = {
-            row[0]: BucketRow(row[0], row[1], unpack(row[2]), bool(row[3]), row[4])
+            row[0]: BucketRow(
+                row[0], row[1], unpack(row[2]), bool(row[3]), row[4],
+                None if row[5] is None else unpack(row[5]),
+            )
             for row in conn.execute(
-                "SELECT name, handler, config, durable, created_at FROM buckets"
+                "SELECT name, handler, config, durable, created_at, partition FROM buckets"
             )
         }
         self.users = {
@@ -274,8 +277,11 @@ class Database:
     async def insert_bucket(self, row: BucketRow) -> None:
         def insert(c: sqlite3.Connection) -> None:
             c.execute(
-                "INSERT INTO buckets VALUES (?, ?, ?, ?, ?)",
-                (row.name, row.handler, pack(row.config), int(row.durable), row.created_at),
+                "INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    row.name, row.handler, pack(row.config), int(row.durable), row.created_at,
+                    None if row.partition is None else pack(row.partition),
+                ),
             )
             # A new bucket's journal starts empty, whatever a bucket of that name left.
             journal.drop_bucket(c, row.name)

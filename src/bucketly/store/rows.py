@@ -24,6 +24,10 @@ class BucketRow:
     config: dict[str, Any]
     durable: bool
     created_at: float
+    #: Set when the bucket is one partition of a partitioned bucket (docs/scaling.md): its
+    #: ``key`` (an event field) or ``function`` (a key function's name, known to the clients),
+    #: and the ``servers`` the routing client partitioned it over.
+    partition: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -121,4 +121,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE durable_snapshots ADD COLUMN state_version INTEGER NOT NULL DEFAULT 1;
         """,
     ),
+    (
+        7,
+        # Partitioned buckets (docs/scaling.md): MessagePack {"key" | "function", "servers"},
+        # or NULL for a bucket that lives on one server only.
+        """
+        ALTER TABLE buckets ADD COLUMN partition BLOB;
+        """,
+    ),
 ]
