@@ -39,7 +39,12 @@ def bucket() -> None:
               help="""The handler's configuration, a JSON object: --config '{"key": "url"}'.""")
 @click.option("--durable", is_flag=True,
               help="Keep acknowledged events through crashes (written to the database first).")
-def bucket_create(bucket: str, handler: str, config_json: str | None, durable: bool) -> None:
+@click.option("--partition-key", metavar="FIELD",
+              help="Partition the bucket by this event field: created on every server of "
+                   "--servers, each event sent to the server owning its key (docs/scaling.md).")
+def bucket_create(
+    bucket: str, handler: str, config_json: str | None, durable: bool, partition_key: str | None
+) -> None:
     """Create BUCKET, aggregating with HANDLER (a class of the server's handlers module).
 
     See the handlers with 'bucketly handlers'.
@@ -50,7 +55,9 @@ def bucket_create(bucket: str, handler: str, config_json: str | None, durable: b
         if not isinstance(config, dict):
             raise CliError("--config must be a JSON object, like '{\"key\": \"url\"}'", EXIT_USAGE)
     invocation = current_invocation()
-    info = invocation.client().create_bucket(bucket, handler, config, durable)
+    info = invocation.client().create_bucket(
+        bucket, handler, config, durable, partition_key=partition_key
+    )
     invocation.output().message(
         f"created bucket {bucket} (handler {handler}{', durable' if durable else ''})", info
     )
