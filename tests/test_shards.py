@@ -344,3 +344,96 @@ def test_two_servers_route_too(tmp_path: Path) -> None:
             c.flush()
             assert c.view("clicks", "count") == 1000
             assert len(c.dump_partitions("clicks")) == 2
+
+
+# -- bucketlyd --shards N --------------------------------------------------------------------
+
+
+def _free_consecutive_ports(n: int) -> int:
+    """A port p such that p .. p+n-1 are free now (a race with other programs is possible)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + n > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free consecutive ports")
+
+
+def test_shards_start_serve_and_stop_in_order(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    base = _free_consecutive_ports(2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bucketly.cli.daemon", str(tmp_path / "db.dat"),
+         "--port", str(base), "--shards", "2", "--bucket-handlers", str(HANDLERS)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    logs: list[str] = []
+    reader = threading.Thread(target=lambda: logs.extend(process.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        line: list[str] = []
+        waiter = threading.Thread(target=lambda: line.append(process.stdout.readline()),  # type: ignore[union-attr]
+                                  daemon=True)
+        waiter.start()
+        waiter.join(60)
+        assert line and line[0].startswith("bucketlyd shards ready: "), (line, logs)
+        servers = line[0].split(": ", 1)[1].strip().split(",")
+        assert servers == [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]
+
+        with bucketly.Client(servers=servers, user="admin", password="admin") as client:
+            client.create_bucket("clicks", "Clicks", partition_key="url")
+            client.send_many("clicks", _events(2000))
+            client.flush()
+            assert client.view("clicks", "count") == 2000
+            assert all(n > 0 for n in (len(d) for d in client.dump_partitions("clicks").values()))
+        assert (tmp_path / "db-0.dat").exists() and (tmp_path / "db-1.dat").exists()
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+        reader.join(10)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert code == 0, logs
+    text = "".join(logs)
+    order = [text.index(marker) for marker in (
+        "stopping shard 0", "shard 0 stopped", "stopping shard 1", "shard 1 stopped"
+    )]
+    assert order == sorted(order), text
+    assert "[shard 0]" in text and "[shard 1]" in text
+    for server in servers:  # nothing left listening
+        with pytest.raises(bucketly.BucketlyConnectionError):
+            bucketly.Client(*server.split(":")[:1], int(server.split(":")[1]), timeout=2)
+
+
+def test_shards_need_a_port(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bucketly.cli.daemon", str(tmp_path / "db.dat"),
+         "--port", "0", "--shards", "2"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == bucketly.errors.ConfigError.exit_code
+    assert "--shards needs a --port" in result.stderr
