@@ -301,12 +301,16 @@ class UniqueClicks(bucketly.Handler):
     def on_event(self, event: Any) -> None:
         self.on_events([event])
 
-    @bucketly.view
+    # Partitioned by url (generate.py --partitioned), each url lives on one server: the sum of
+    # the partitions' counts, their best n and their dumps joined are exact (docs/scaling.md).
+    dump_merge = "dict_union"
+
+    @bucketly.view(merge="sum")
     def count(self, url: str) -> int:
         """Unique users of ``url`` seen by this server."""
         return len(self.users.get(url, ()))
 
-    @bucketly.view
+    @bucketly.view(merge="top")
     def top(self, n: int = 10) -> list[list[Any]]:
         """The ``n`` URLs with the most unique users, as ``[url, count]`` pairs."""
         if not isinstance(n, int) or n < 0:
