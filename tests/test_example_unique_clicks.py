@@ -601,6 +601,8 @@ def test_a_generator_run_reaches_postgresql_exactly(
                 assert [n for _, n in top] == sorted(expected.values(), reverse=True)[:5]
                 assert {url: both.view("clicks", "count", url=url) for url in expected} == expected
                 assert {url: len(u) for url, u in both.dump("clicks").items()} == expected
+                status = both.view("clicks", "status")  # the handler's merge_status
+                assert status["pairs"] == truth["pairs"] and len(status["last_flushes"]) == 2
         elif servers == 2:
             # Both servers saw some of the same (url, user) pairs and both flushed them.
             a, b = (client.dump("clicks") for client in clients)

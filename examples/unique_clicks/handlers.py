@@ -233,6 +233,17 @@ def _pair_count(pairs: Mapping[str, set[str]]) -> int:
     return sum(len(users) for users in pairs.values())
 
 
+def merge_status(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``status`` of a partitioned bucket: the partitions' sizes added, each one's last
+    flush. A handler-defined merge: a server runs it for the routing client (docs/scaling.md)."""
+    merged: dict[str, Any] = {
+        key: sum(status[key] for status in statuses)
+        for key in ("urls", "pairs", "pending", "flushing")
+    }
+    merged["last_flushes"] = [status["last_flush"] for status in statuses]
+    return merged
+
+
 def _bad_click(event: Any) -> ValueError:
     return ValueError(
         'a click is a map {"url": <string>, "user": <string or integer>}, '
@@ -318,7 +329,7 @@ class UniqueClicks(bucketly.Handler):
         best = heapq.nlargest(n, self.users.items(), key=lambda item: len(item[1]))
         return [[url, len(users)] for url, users in best]
 
-    @bucketly.view
+    @bucketly.view(merge=merge_status)
     def status(self) -> dict[str, Any]:
         """Sizes, and how the writes to PostgreSQL are going."""
         return {
