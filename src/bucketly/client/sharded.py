@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["AsyncShardedClient", "RoutedCommands", "ShardedClient"]
 
 
+#: Ops after which a bucket's route is learnt again (it may live elsewhere now).
+_RELEARN = frozenset({"create_bucket", "delete_bucket"})
+
+
 class RoutedCommands(Commands):
     """The commands only a client over several servers has (and ``Commands``' others)."""
 
@@ -85,6 +89,8 @@ class ShardedClient(RoutedCommands):
             {"user": user, "password": password, "connect": False, **kwargs},
         )
         self._routes = self._router.routes
+        #: Bucket -> the callable that sends one of its events (``Route.bind``).
+        self._senders: dict[str, Callable[[str, Any], Any]] = {}
         self._pool: ThreadPoolExecutor | None = None
         if connect:
             try:
@@ -130,11 +136,13 @@ class ShardedClient(RoutedCommands):
     def send(self, bucket: str, event: Any) -> None:
         """Queue ``event`` for ``bucket``, on the server that owns the bucket (or, partitioned,
         the event's key). Errors of buffered sends are raised by the next ``flush()``."""
-        route = self._routes.get(bucket)
-        if route is None:
+        send = self._senders.get(bucket)
+        if send is None:
             route = self._route(bucket)
-        owner = route.owner
-        self.clients[route.server_for(event) if owner is None else owner].send(bucket, event)
+            send = route.bind([client.send for client in self.clients])
+            if bucket in self._routes:  # learnt for good, not a guess for a missing bucket
+                self._senders[bucket] = send
+        send(bucket, event)
 
     def send_many(self, bucket: str, events: list[Any]) -> None:
         """Queue many events for ``bucket`` (each to its server, in order per server)."""
@@ -158,6 +166,8 @@ class ShardedClient(RoutedCommands):
     # -- running the router's calls -----------------------------------------------------------
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
+        if op in _RELEARN:
+            self._senders.pop(args["bucket"], None)
         return self._drive(self._router.run(op, args))
 
     def _drive(self, plan: Plan) -> Any:
@@ -211,6 +221,7 @@ class AsyncShardedClient(RoutedCommands):
             self.servers, client_class, {"user": user, "password": password, **kwargs}
         )
         self._routes = self._router.routes
+        self._senders: dict[str, Callable[[str, Any], Any]] = {}
 
     async def __aenter__(self) -> AsyncShardedClient:
         await self.connect()
@@ -233,13 +244,13 @@ class AsyncShardedClient(RoutedCommands):
 
     async def send(self, bucket: str, event: Any) -> None:
         """Queue ``event`` for ``bucket``; see ``ShardedClient.send``."""
-        route = self._routes.get(bucket)
-        if route is None:
+        send = self._senders.get(bucket)
+        if send is None:
             route = await self._drive(self._router.route(bucket))
-        owner = route.owner
-        await self.clients[route.server_for(event) if owner is None else owner].send(
-            bucket, event
-        )
+            send = route.bind([client.send for client in self.clients])
+            if bucket in self._routes:
+                self._senders[bucket] = send
+        await send(bucket, event)
 
     async def send_many(self, bucket: str, events: list[Any]) -> None:
         """Queue many events for ``bucket``; see ``ShardedClient.send_many``."""
@@ -255,6 +266,8 @@ class AsyncShardedClient(RoutedCommands):
         await self._drive(self._router.flush())
 
     async def _call(self, op: str, args: dict[str, Any]) -> Any:
+        if op in _RELEARN:
+            self._senders.pop(args["bucket"], None)
         return await self._drive(self._router.run(op, args))
 
     async def _drive(self, plan: Plan) -> Any:

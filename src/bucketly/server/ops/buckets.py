@@ -131,11 +131,16 @@ def op_list_buckets(conn: Session, args: dict[str, Any]) -> Any:
     # Full info (its config may hold credentials) needs `view`; other grants show the name,
     # and the partitioning that a sender's routing client needs.
     return [
-        bucket.describe() if conn.allowed("view", name)
-        else {"name": name, "partition": bucket.row.partition}
+        bucket.describe() if conn.allowed("view", name) else _name_only(bucket)
         for name, bucket in sorted(conn.server.buckets.items())
         if conn.can_see(name)
     ]
+
+
+def _name_only(bucket: Bucket) -> dict[str, Any]:
+    if bucket.row.partition is None:
+        return {"name": bucket.name}
+    return {"name": bucket.name, "partition": bucket.row.partition}
 
 
 @op
