@@ -437,3 +437,21 @@ def test_shards_need_a_port(tmp_path: Path) -> None:
     )
     assert result.returncode == bucketly.errors.ConfigError.exit_code
     assert "--shards needs a --port" in result.stderr
+
+
+def test_a_producer_with_send_only_routes_a_partitioned_bucket(cluster: Cluster) -> None:
+    """Users live in each server's file: the routing client creates them on all; a sender
+    that may not call bucket_info learns the partitioning from list_buckets."""
+    with bucketly.Client(servers=cluster.addresses, user="admin", password="admin") as admin:
+        admin.create_bucket("clicks", "Clicks", partition_key="url")
+        admin.create_user("producer", "secret-password-1")
+        admin.grant("producer", "send", "clicks")
+        with bucketly.Client(
+            servers=cluster.addresses, user="producer", password="secret-password-1"
+        ) as producer:
+            producer.send_many("clicks", _events(900))
+            producer.flush()
+            with pytest.raises(bucketly.PermissionDenied):
+                producer.view("clicks", "count")
+        assert admin.view("clicks", "count") == 900
+        assert all(len(dump) > 0 for dump in admin.dump_partitions("clicks").values())
