@@ -31,11 +31,12 @@ class AsyncProxy:
     So a single test body checks both clients (redis-py shares one suite the same way).
     """
 
-    def __init__(self, host: str, port: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._client = bucketly.AsyncClient(host, port, **kwargs)
+        # Given servers=[...], an AsyncShardedClient.
+        self._client = bucketly.AsyncClient(*args, **kwargs)
         try:
             self._run(self._client.connect())
         except BaseException:

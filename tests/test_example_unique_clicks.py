@@ -561,9 +561,9 @@ def run_generator(servers: list[RunningServer], *args: str) -> dict[str, Any]:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("servers", [1, 2])
+@pytest.mark.parametrize(("servers", "partitioned"), [(1, False), (2, False), (2, True)])
 def test_a_generator_run_reaches_postgresql_exactly(
-    tmp_path: Path, schema: str, servers: int
+    tmp_path: Path, schema: str, servers: int, partitioned: bool
 ) -> None:
     truth_file = tmp_path / "truth.json"
     with contextlib.ExitStack() as stack:
@@ -576,6 +576,7 @@ def test_a_generator_run_reaches_postgresql_exactly(
             *("--events", "40000", "--processes", "4", "--urls", "200", "--users", "3000"),
             *("--zipf", "1.1", "--seed", "7", "--ground-truth", str(truth_file)),
             *("--dsn", DSN, "--schema", schema, "--flush-seconds", "0.2"),
+            *(("--partitioned",) if partitioned else ()),
         )
         assert summary["events"] == 40_000
         truth = json.loads(truth_file.read_text())
@@ -589,7 +590,20 @@ def test_a_generator_run_reaches_postgresql_exactly(
         flushes = pg_flushes(schema)
         assert len({source for source, _, _ in flushes}) == servers
         assert sum(new for _, _, new in flushes) == truth["pairs"]
-        if servers == 2:
+        if partitioned:
+            # Each url on one server: no pair seen, or written, twice; merged views exact.
+            a, b = (client.dump("clicks") for client in clients)
+            assert not set(a) & set(b) and a and b
+            assert sum(pairs for _, pairs, _ in flushes) == truth["pairs"]
+            addresses = [f"{server.host}:{server.port}" for server in running]
+            with bucketly.Client(servers=addresses, user="admin", password="admin") as both:
+                top = both.view("clicks", "top", n=5)
+                assert [n for _, n in top] == sorted(expected.values(), reverse=True)[:5]
+                assert {url: both.view("clicks", "count", url=url) for url in expected} == expected
+                assert {url: len(u) for url, u in both.dump("clicks").items()} == expected
+                status = both.view("clicks", "status")  # the handler's merge_status
+                assert status["pairs"] == truth["pairs"] and len(status["last_flushes"]) == 2
+        elif servers == 2:
             # Both servers saw some of the same (url, user) pairs and both flushed them.
             a, b = (client.dump("clicks") for client in clients)
             shared = sum(len(set(a[url]) & set(b.get(url, ()))) for url in a)

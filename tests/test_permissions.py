@@ -29,6 +29,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "send": {"bucket": BUCKET, "event": 1},
     "view": {"bucket": BUCKET, "view": "count"},
     "dump": {"bucket": BUCKET},
+    "merge": {"bucket": BUCKET, "view": "count", "results": [1, 2]},
     "create_bucket": {"bucket": "perm.new", "handler": "Recorder"},
     "list_buckets": {},
     "bucket_info": {"bucket": BUCKET},

@@ -437,6 +437,7 @@ def test_a_file_of_the_last_release_opens_with_its_durable_state(
     conn.executescript(
         """
         ALTER TABLE durable_snapshots DROP COLUMN state_version;
+        ALTER TABLE buckets DROP COLUMN partition;
         ALTER TABLE buckets ADD COLUMN durable INTEGER NOT NULL DEFAULT 0;
         UPDATE buckets SET durable = (persistence = 'durable');
         ALTER TABLE buckets DROP COLUMN snapshot_interval;

@@ -8,7 +8,11 @@ uniform), users are uniform. The same ``--seed`` and sizes always give the same 
 ``--ground-truth FILE`` can write the exact unique users per URL for tests to compare with.
 
 With several ``--server`` options, process i sends to server i modulo their number: each server
-takes a part of the traffic, and they flush into the same PostgreSQL tables.
+takes a part of the traffic, and they flush into the same PostgreSQL tables. With
+``--partitioned`` too, the bucket is partitioned by ``url`` over all of them and every process
+sends through one client over all the servers (``bucketly.Client(servers=[...])``): each click
+goes to the server that owns its URL, so each (url, user) pair is counted, and flushed, by one
+server only (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -80,9 +84,16 @@ def parse_server(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def connect(server: tuple[str, int] | list[str], login: tuple[str, str]) -> Any:
+    """A client of one server (host, port), or over several (a list of "host:port")."""
+    if isinstance(server, list):
+        return bucketly.Client(servers=server, user=login[0], password=login[1])
+    return bucketly.Client(host=server[0], port=server[1], user=login[0], password=login[1])
+
+
 def send_clicks(
     worker: int,
-    server: tuple[str, int],
+    server: tuple[str, int] | list[str],
     login: tuple[str, str],
     bucket: str,
     count: int,
@@ -94,9 +105,8 @@ def send_clicks(
     Returns (clicks sent, seconds taken, including the wait for the last acknowledgement).
     """
     seed, urls, users, zipf = stream
-    host, port = server
     step = max(1, round(rate / PACING_STEPS_PER_SECOND)) if rate else CHUNK
-    with bucketly.Client(host=host, port=port, user=login[0], password=login[1]) as client:
+    with connect(server, login) as client:
         started = time.monotonic()
         sent = 0
         for chunk in clicks(seed, worker, count, urls, users, zipf):
@@ -113,14 +123,17 @@ def send_clicks(
 
 
 def create_bucket(
-    server: tuple[str, int], login: tuple[str, str], bucket: str, config: dict[str, Any]
+    server: tuple[str, int] | list[str],
+    login: tuple[str, str],
+    bucket: str,
+    config: dict[str, Any],
 ) -> bool:
-    """Create the bucket unless it exists; return whether it was created."""
-    with bucketly.Client(
-        host=server[0], port=server[1], user=login[0], password=login[1]
-    ) as client:
+    """Create the bucket unless it exists (over several servers: partitioned by url, on every
+    one); return whether it was created."""
+    partition = {"partition_key": "url"} if isinstance(server, list) else {}
+    with connect(server, login) as client:
         try:
-            client.create_bucket(bucket, "UniqueClicks", config=config, durable=False)
+            client.create_bucket(bucket, "UniqueClicks", config=config, durable=False, **partition)
         except bucketly.BucketExists:
             return False
         return True
@@ -152,6 +165,11 @@ def create_bucket(
 @click.option(
     "--create/--no-create", default=True, help="create the bucket on each server if missing"
 )
+@click.option(
+    "--partitioned",
+    is_flag=True,
+    help="partition the bucket by url over all the --server's, each process sending to all",
+)
 @click.option("--dsn", default=None, help="bucket config when creating: PostgreSQL DSN")
 @click.option("--schema", default=None, help="bucket config when creating: PostgreSQL schema")
 @click.option("--flush-seconds", type=float, default=None, help="bucket config when creating")
@@ -170,6 +188,7 @@ def main(
     seed: int,
     ground_truth: Path | None,
     create: bool,
+    partitioned: bool,
     dsn: str | None,
     schema: str | None,
     flush_seconds: float | None,
@@ -179,6 +198,8 @@ def main(
     if processes < 1 or urls < 1 or users < 1 or events < 0 or rate < 0 or zipf < 0:
         raise click.UsageError("--processes, --urls and --users must be >= 1, the rest >= 0")
     addresses = [parse_server(s) for s in servers]
+    # Partitioned: one routing client (per process) over all the servers, as "host:port".
+    targets: list[Any] = [list(servers)] if partitioned else list(addresses)
     login = (user, password)
     if create:
         config: dict[str, Any] = {
@@ -186,8 +207,8 @@ def main(
             for key, value in [("dsn", dsn), ("schema", schema), ("flush_seconds", flush_seconds)]
             if value is not None
         }
-        for address in addresses:
-            where = f"{address[0]}:{address[1]}"
+        for address in targets:
+            where = ",".join(address) if partitioned else f"{address[0]}:{address[1]}"
             if create_bucket(address, login, bucket, config):
                 print(f"created bucket {bucket!r} on {where}", file=sys.stderr)
             elif config:
@@ -211,7 +232,7 @@ def main(
     jobs = [
         (
             i,
-            addresses[i % len(addresses)],
+            targets[i % len(targets)],
             login,
             bucket,
             count,
@@ -234,6 +255,7 @@ def main(
         "clicks_per_second": round(sent / sending) if sending else 0,
         "processes": processes,
         "servers": len(addresses),
+        "partitioned": partitioned,
         "wall_seconds": round(seconds, 3),
     }
     if as_json:

@@ -233,6 +233,17 @@ def _pair_count(pairs: Mapping[str, set[str]]) -> int:
     return sum(len(users) for users in pairs.values())
 
 
+def merge_status(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``status`` of a partitioned bucket: the partitions' sizes added, each one's last
+    flush. A handler-defined merge: a server runs it for the routing client (docs/scaling.md)."""
+    merged: dict[str, Any] = {
+        key: sum(status[key] for status in statuses)
+        for key in ("urls", "pairs", "pending", "flushing")
+    }
+    merged["last_flushes"] = [status["last_flush"] for status in statuses]
+    return merged
+
+
 def _bad_click(event: Any) -> ValueError:
     return ValueError(
         'a click is a map {"url": <string>, "user": <string or integer>}, '
@@ -301,12 +312,16 @@ class UniqueClicks(bucketly.Handler):
     def on_event(self, event: Any) -> None:
         self.on_events([event])
 
-    @bucketly.view
+    # Partitioned by url (generate.py --partitioned), each url lives on one server: the sum of
+    # the partitions' counts, their best n and their dumps joined are exact (docs/scaling.md).
+    dump_merge = "dict_union"
+
+    @bucketly.view(merge="sum")
     def count(self, url: str) -> int:
         """Unique users of ``url`` seen by this server."""
         return len(self.users.get(url, ()))
 
-    @bucketly.view
+    @bucketly.view(merge="top")
     def top(self, n: int = 10) -> list[list[Any]]:
         """The ``n`` URLs with the most unique users, as ``[url, count]`` pairs."""
         if not isinstance(n, int) or n < 0:
@@ -314,7 +329,7 @@ class UniqueClicks(bucketly.Handler):
         best = heapq.nlargest(n, self.users.items(), key=lambda item: len(item[1]))
         return [[url, len(users)] for url, users in best]
 
-    @bucketly.view
+    @bucketly.view(merge=merge_status)
     def status(self) -> dict[str, Any]:
         """Sizes, and how the writes to PostgreSQL are going."""
         return {

@@ -1,13 +1,14 @@
 """bucketly: send events to buckets; aggregate them in memory with your own Python handlers.
 
-The public surface: ``Client`` and ``AsyncClient`` to talk to a bucketlyd server, ``Handler``,
+The public surface: ``Client`` and ``AsyncClient`` to talk to a bucketlyd server (or, given
+``servers=[...]``, to several: ``ShardedClient``, ``AsyncShardedClient``), ``Handler``,
 ``view``, ``every`` and ``Job`` to write handlers, ``UniqueIndex`` (distinct pairs per key, with a
 native core) to write them fast, and the errors in ``bucketly.errors``.
 """
 
 __version__ = "0.1.0"
 
-from .client import AsyncClient, Client
+from .client import AsyncClient, AsyncShardedClient, Client, PartialResult, ShardedClient
 from .errors import (
     AuthFailed,
     AuthRequired,
@@ -17,8 +18,10 @@ from .errors import (
     BucketlyError,
     ConnectionLost,
     HandlerError,
+    NotMergeable,
     PermissionDenied,
     RequestError,
+    RoutingError,
     StorageError,
     TooManyAttempts,
     UnknownBucket,
@@ -32,6 +35,7 @@ from .unique import UniqueIndex, speedups_available
 
 __all__ = [
     "AsyncClient",
+    "AsyncShardedClient",
     "AuthFailed",
     "AuthRequired",
     "BadArgument",
@@ -43,8 +47,12 @@ __all__ = [
     "Handler",
     "HandlerError",
     "Job",
+    "NotMergeable",
+    "PartialResult",
     "PermissionDenied",
     "RequestError",
+    "RoutingError",
+    "ShardedClient",
     "StorageError",
     "TooManyAttempts",
     "UniqueIndex",

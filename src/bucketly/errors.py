@@ -23,6 +23,7 @@ follows, and the client turns a wire code back into the same class::
     │   ├── BucketExists             a bucket with that name exists already
     │   ├── UnknownHandler           the handlers module defines no such handler
     │   ├── UnknownView              the handler defines no such view
+    │   ├── NotMergeable             a partitioned bucket's view (or dump) declares no merge
     │   ├── HandlerError             the user's handler code raised an exception
     │   ├── UnencodableResult        a view or dump returned something MessagePack can't carry
     │   ├── StorageError             the database file could not be written; nothing was done
@@ -34,6 +35,7 @@ follows, and the client turns a wire code back into the same class::
     │   └── ConnectionLost           lost while requests were in flight (see ``unacknowledged``)
     ├── HandlersError                the handlers module could not be loaded (server start-up)
     ├── ConfigError                  the server's settings are unusable (e.g. TLS files)
+    ├── RoutingError                 the client's server list does not fit a bucket's partitions
     └── DataLossDetected             the database file lost what it had committed (start-up)
 
 ``ProtocolError`` and its children mean the peer misbehaved; ``RequestError`` means one request
@@ -63,10 +65,12 @@ __all__ = [
     "HandlersError",
     "InternalError",
     "LimitExceeded",
+    "NotMergeable",
     "PermissionDenied",
     "ProtocolError",
     "ReloadFailed",
     "RequestError",
+    "RoutingError",
     "ShuttingDown",
     "StorageError",
     "TooManyAttempts",
@@ -221,6 +225,14 @@ class UnknownView(RequestError):
     code = "unknown_view"
 
 
+class NotMergeable(RequestError):
+    """A partitioned bucket's view (or merged dump) was asked for, but its handler declares no
+    merge for it (``@bucketly.view(merge=...)``, ``Handler.dump_merge``): answered by one
+    partition, it would be silently wrong."""
+
+    code = "not_mergeable"
+
+
 class HandlerError(RequestError):
     """The user's handler code raised an exception; the message says which and where."""
 
@@ -307,6 +319,14 @@ class ConfigError(BucketlyError):
     exit_code = 2
 
 
+class RoutingError(BucketlyError):
+    """A client routing over several servers cannot route a bucket: its server list is not the
+    one the bucket was partitioned over, or the bucket's key cannot be found in an event."""
+
+    code = "routing_error"
+    exit_code = 2
+
+
 class DataLossDetected(BucketlyError):
     """The database file has lost data it had committed; the server refuses to start.
 
@@ -336,7 +356,14 @@ for _cls in _all_subclasses(BucketlyError):
 
 #: Codes of errors that never cross the wire: the client's own, and the server's at start-up.
 _LOCAL_CODES = frozenset(
-    {"connection_error", "connection_lost", "handlers_error", "config_error", "data_loss"}
+    {
+        "connection_error",
+        "connection_lost",
+        "handlers_error",
+        "config_error",
+        "data_loss",
+        "routing_error",
+    }
 )
 #: Codes the server may put on the wire, with the class that stands for each.
 WIRE_CODES: dict[str, type[BucketlyError]] = {

@@ -43,11 +43,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .errors import HandlersError
+from .merging import merge_name
 
 __all__ = [
+    "DUMP_MERGE_KEY",
     "Handler",
     "HandlerInfo",
     "HandlersModule",
@@ -62,14 +64,38 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def view(func: F) -> F:
+@overload
+def view(func: F, /) -> F: ...
+
+
+@overload
+def view(*, merge: str | Callable[[list[Any]], Any]) -> Callable[[F], F]: ...
+
+
+def view(
+    func: F | None = None, /, *, merge: str | Callable[[list[Any]], Any] | None = None
+) -> Any:
     """Mark a handler method as a named view: ``client.view(bucket, "name", **kwargs)``.
 
     A view runs serialized with the bucket's events, receives the request's arguments as
     keyword arguments, and returns any MessagePack-able value (sets are sent as arrays).
+
+    ``@bucketly.view(merge=...)`` also says how the results of the partitions of a partitioned
+    bucket combine: a built-in (``"sum"``, ``"max"``, ``"min"``, ``"concat"``, ``"union"``,
+    ``"dict_sum"``, ``"dict_union"``, ``"top"`` or ``"top:N"``; bucketly.merging) or a function
+    taking the list of per-partition results and returning the merged one. A view without it
+    is refused on a partitioned bucket (``not_mergeable``) rather than answered by one
+    partition.
     """
-    func.__bucketly_view__ = True  # type: ignore[attr-defined]
-    return func
+    if merge is not None:
+        merge_name(merge)  # a bad name fails when the module loads, naming it
+
+    def decorate(func: F) -> F:
+        func.__bucketly_view__ = True  # type: ignore[attr-defined]
+        func.__bucketly_merge__ = merge  # type: ignore[attr-defined]
+        return func
+
+    return decorate if func is None else decorate(func)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +166,11 @@ class Handler:
     #: (``bucketly reload``) and a durable bucket's recovery call it with a state of an older
     #: version.
     state_version: int = 1
+
+    #: How the dumps of a partitioned bucket's partitions combine into one: a built-in merge
+    #: name or a function of the list of dumps, as for ``@view(merge=...)``. None: a merged
+    #: dump is refused (``not_mergeable``); per-partition dumps can still be asked for.
+    dump_merge: str | Callable[[list[Any]], Any] | None = None
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -217,6 +248,9 @@ class HandlerInfo:
     state_version: int = 1
     #: True when the class overrides ``state_bytes`` (the metrics then ask it).
     reports_state_bytes: bool = False
+    #: View name -> its ``merge=`` declaration (built-in name or function); views without one
+    #: are absent. The dump's, ``cls.dump_merge``, under ``DUMP_MERGE_KEY``.
+    merges: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -224,20 +258,39 @@ class HandlerInfo:
             "doc": self.doc,
             "views": sorted(self.views),
             "jobs": {name: spec.seconds for name, spec in sorted(self.jobs.items())},
+            "merges": self.merge_names(),
         }
+
+    def merge_names(self) -> dict[str, str]:
+        """How each view (and the dump, under ``DUMP_MERGE_KEY``) merges, as the wire says it."""
+        return {name: merge_name(merge) for name, merge in sorted(self.merges.items())}
+
+
+#: The key of ``HandlerInfo.merges`` for the dump's merge: no view can be called that (views are
+#: methods, and ``dump`` is the dump).
+DUMP_MERGE_KEY = "dump"
 
 
 def inspect_handler(name: str, cls: type[Handler]) -> HandlerInfo:
     views: dict[str, Callable[..., Any]] = {}
     jobs: dict[str, JobSpec] = {}
+    merges: dict[str, Any] = {}
     for attr, value in inspect.getmembers(cls):
         if getattr(value, "__bucketly_view__", False):
             views[attr] = value
+            if getattr(value, "__bucketly_merge__", None) is not None:
+                merges[attr] = value.__bucketly_merge__
         spec = getattr(value, "__bucketly_every__", None)
         if isinstance(spec, JobSpec):
             jobs[attr] = spec
     if cls.on_event is Handler.on_event and cls.on_events is Handler.on_events:
         raise HandlersError(f"handler {name} defines neither on_event nor on_events")
+    if cls.dump_merge is not None:
+        try:
+            merge_name(cls.dump_merge)
+        except ValueError as exc:
+            raise HandlersError(f"handler {name}: dump_merge: {exc}") from None
+        merges[DUMP_MERGE_KEY] = cls.dump_merge
     doc = inspect.getdoc(cls) or ""
     if doc == inspect.getdoc(Handler):
         doc = ""
@@ -250,6 +303,7 @@ def inspect_handler(name: str, cls: type[Handler]) -> HandlerInfo:
         batches=cls.on_events is not Handler.on_events,
         state_version=_state_version(name, cls),
         reports_state_bytes=cls.state_bytes is not Handler.state_bytes,
+        merges=merges,
     )
 
 

@@ -253,6 +253,10 @@ class Bucket:
             "created_at": self.row.created_at,
             "events": self.events,
         }
+        if self.row.partition is not None:
+            info["partition"] = self.row.partition
+            # A routing client learns here how the partitions' results combine.
+            info["merges"] = self.info.merge_names() if self.info is not None else {}
         if self.broken:
             info["broken"] = self.broken
         return info

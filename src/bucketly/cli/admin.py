@@ -44,8 +44,12 @@ def bucket() -> None:
 @click.option("--durable", is_flag=True, help="The same as --persistence durable.")
 @click.option("--snapshot-interval", type=click.FloatRange(1, 86400), metavar="SECONDS",
               help="Seconds between the snapshots of a snapshot-level bucket (default 60).")
+@click.option("--partition-key", metavar="FIELD",
+              help="Partition the bucket by this event field: created on every server of "
+                   "--servers, each event sent to the server owning its key (docs/scaling.md).")
 def bucket_create(bucket: str, handler: str, config_json: str | None, persistence: str | None,
-                  durable: bool, snapshot_interval: float | None) -> None:
+                  durable: bool, snapshot_interval: float | None,
+                  partition_key: str | None) -> None:
     """Create BUCKET, aggregating with HANDLER (a class of the server's handlers module).
 
     See the handlers with 'bucketly handlers', and docs/durability.md for the persistence
@@ -59,7 +63,7 @@ def bucket_create(bucket: str, handler: str, config_json: str | None, persistenc
     invocation = current_invocation()
     info = invocation.client().create_bucket(
         bucket, handler, config, durable, persistence=persistence,
-        snapshot_interval=snapshot_interval,
+        snapshot_interval=snapshot_interval, partition_key=partition_key,
     )
     invocation.output().message(
         f"created bucket {bucket} (handler {handler}, {info.get('persistence', 'memory')})", info

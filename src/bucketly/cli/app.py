@@ -54,6 +54,7 @@ OP_COMMANDS: dict[str, str] = {
     "send": "send",
     "view": "view",
     "dump": "dump",
+    "merge": "(view and dump with --servers, for a handler-defined merge)",
     "create_bucket": "bucket create",
     "list_buckets": "bucket list",
     "bucket_info": "bucket info",

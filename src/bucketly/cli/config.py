@@ -16,6 +16,10 @@ The config file is TOML (default ``$XDG_CONFIG_HOME/bucketly/config.toml``, or t
     user = "admin"
     password_env = "BUCKETLY_LOCAL_PASSWORD"   # the name of a variable, never the password
 
+    [profiles.sharded]                          # several servers: buckets routed among them
+    servers = ["127.0.0.1:8484", "127.0.0.1:8485"]
+    user = "admin"
+
 A profile holds no secret: ``password_env`` (``token_env``) names the environment variable that
 holds the password (an API token).
 """
@@ -61,6 +65,7 @@ ENV_VARS: dict[str, str] = {
     "tls_cert": "BUCKETLY_TLS_CERT",
     "tls_key": "BUCKETLY_TLS_KEY",
     "timeout": "BUCKETLY_TIMEOUT",
+    "servers": "BUCKETLY_SERVERS",
 }
 
 #: Keys a ``[profiles.NAME]`` table may hold, with what each must be.
@@ -75,6 +80,7 @@ PROFILE_KEYS: dict[str, str] = {
     "tls_cert": "a string: the path of a client certificate",
     "tls_key": "a string: the path of the client certificate's key",
     "timeout": "a number of seconds",
+    "servers": 'an array of "host:port" strings: route among these servers (docs/scaling.md)',
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -100,13 +106,15 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    #: Several servers (``host:port``): a routing client over them, instead of host and port.
+    servers: list[str] | None = None
     profile: str | None = None
     #: setting -> "flag", "env BUCKETLY_HOST", "profile NAME" or "default".
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return ",".join(self.servers) if self.servers else f"{self.host}:{self.port}"
 
     @property
     def uses_tls(self) -> bool:
@@ -184,7 +192,14 @@ def _profile_value_ok(key: str, value: Any) -> bool:
         return isinstance(value, bool)
     if key == "timeout":
         return isinstance(value, int | float) and not isinstance(value, bool)
+    if key == "servers":
+        return isinstance(value, list) and bool(value) and all(_is_server(v) for v in value)
     return isinstance(value, str)
+
+
+def _is_server(value: Any) -> bool:
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def resolve_settings(
@@ -225,7 +240,7 @@ def resolve_settings(
 
     for key, value in flags.items():
         if value is not None:
-            values[key] = value
+            values[key] = _parse_env(key, "--servers", value) if key == "servers" else value
             sources[key] = "flag"
 
     settings = Settings(**values, profile=chosen)
@@ -250,6 +265,11 @@ def _parse_env(key: str, var: str, raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise SettingsError(f"{var}={raw!r} is not a number of seconds") from None
+    if key == "servers":
+        servers = [part.strip() for part in raw.split(",") if part.strip()]
+        if not servers or not all(_is_server(s) for s in servers):
+            raise SettingsError(f'{var}={raw!r}: give "host:port,host:port"')
+        return servers
     if key == "tls":
         if raw.lower() in _TRUE:
             return True

@@ -12,6 +12,7 @@ import click
 from ..errors import BucketlyError
 from ..server import Server, ServerConfig
 from ..server.config import DEFAULT_DATABASE, ENV_PREFIX, options
+from ..server.shards import run_shards
 
 #: Exit status when the address cannot be listened on (in use, not ours): as any other failure
 #: to start (docs/configuration.md, "Exit status").
@@ -80,6 +81,12 @@ def build_command() -> click.Command:
             format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        if config.shards != 1:
+            try:
+                sys.exit(run_shards(config))
+            except BucketlyError as exc:
+                logging.getLogger("bucketly").error("%s", exc)
+                sys.exit(exc.exit_code)
         try:
             Server(config).run()
         except BucketlyError as exc:

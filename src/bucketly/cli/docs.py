@@ -27,7 +27,7 @@ _FLAGS = {
     "host": "--host", "port": "--port", "user": "-u, --user", "password": "--password",
     "token": "-",
     "tls": "--tls", "tls_ca": "--tls-ca", "tls_cert": "--tls-cert", "tls_key": "--tls-key",
-    "timeout": "--timeout",
+    "timeout": "--timeout", "servers": "--servers",
 }
 
 _INTRO = """\

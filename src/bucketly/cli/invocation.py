@@ -43,7 +43,7 @@ EXIT_NO_PASSWORD = 3
 
 #: Options that choose the connection (as opposed to how output looks).
 CONNECTION_KEYS = ("host", "port", "user", "password", "token", "tls", "tls_ca", "tls_cert",
-                   "tls_key", "timeout", "profile")
+                   "tls_key", "timeout", "servers", "profile")
 
 
 class CommonOption(click.Option):
@@ -86,6 +86,9 @@ _COMMON: list[tuple[list[str], str, dict[str, Any]]] = [
      {"type": _PATH, "metavar": "FILE"}),
     (["--timeout"], f"Seconds to wait to connect or for an answer [env {ENV_VARS['timeout']}; "
      "default 30].", {"type": float, "metavar": "SECONDS"}),
+    (["--servers"], "Several servers, instead of --host and --port: buckets are routed among "
+     f"them [env {ENV_VARS['servers']}; profile key servers]. See docs/scaling.md.",
+     {"metavar": "HOST:PORT,..."}),
     (["--json/--table"], "Print exact JSON, or tables for people. Default: tables on a "
      "terminal, JSON when stdout is a pipe or file.", {"default": None}),
     (["-v", "--verbose"], "Show details of errors (their traceback and server detail).",
@@ -215,12 +218,15 @@ def connect(settings: Settings, output: Output, *, remind: bool = False) -> Clie
                     "profile's password_env), or run on a terminal to be asked for it",
         )
     tls = _tls_context(settings) if settings.uses_tls else None
+    where: dict[str, Any] = (
+        {"servers": settings.servers} if settings.servers
+        else {"host": settings.host, "port": settings.port}
+    )
     if settings.token:  # the token names the user: a user and password would be ignored
-        client = Client(settings.host, settings.port, token=settings.token, tls=tls,
-                        timeout=settings.timeout)
+        client = Client(**where, token=settings.token, tls=tls, timeout=settings.timeout)
     else:
-        client = Client(settings.host, settings.port, user=settings.user,
-                        password=settings.password, tls=tls, timeout=settings.timeout)
+        client = Client(**where, user=settings.user, password=settings.password, tls=tls,
+                        timeout=settings.timeout)
     if remind:
         remind_default_password(client, output)
     return client

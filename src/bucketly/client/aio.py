@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import (
@@ -28,6 +29,7 @@ from .common import (
     client_ssl_context,
 )
 from .core import ClientCore
+from .sharded import AsyncShardedClient
 
 __all__ = ["AsyncClient"]
 
@@ -40,8 +42,16 @@ class AsyncClient(Commands):
     ``async with AsyncClient(host, port, user=..., password=...) as client:`` connects and
     authenticates (or ``token=...``; ``tls=`` as for ``Client``); every command is awaited
     (``await client.send(...)``, ``await client.flush()``, ``await client.view(...)``). Not safe
-    to share between event loops.
+    to share between event loops. ``AsyncClient(servers=[...], ...)`` returns an
+    ``AsyncShardedClient``, over several servers (see ``Client``).
     """
+
+    def __new__(cls, *args: Any, servers: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        # ``AsyncClient(servers=[...])`` is the client over several servers (sharded.py): the same
+        # commands, each bucket (or partitioned bucket's event) routed to its server.
+        if servers is not None:
+            return AsyncShardedClient(servers, *args, client_class=cls, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -56,6 +66,7 @@ class AsyncClient(Commands):
         linger: float = DEFAULT_LINGER,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         timeout: float | None = DEFAULT_TIMEOUT,
+        servers: None = None,
     ) -> None:
         self.host = host
         self.port = port

@@ -45,6 +45,8 @@ class Commands:
         *,
         persistence: str | None = None,
         snapshot_interval: float | None = None,
+        partition_key: str | None = None,
+        partition_function: str | None = None,
     ) -> Any:
         """Create bucket ``name`` using ``handler`` (a class of the server's handlers module).
 
@@ -54,6 +56,11 @@ class Commands:
         ``"durable"`` (every acknowledged event; ``durable=True`` says the same). Returns the
         bucket's info. Raises ``BucketExists``, ``UnknownHandler`` or ``HandlerError``
         (config rejected); docs/durability.md compares the levels.
+
+        ``partition_key`` (an event field) or ``partition_function`` (the name of a key
+        function given to the clients as ``key_functions``) makes it a partitioned bucket: a
+        client with several servers creates it on every one and sends each event to the server
+        owning its key (docs/scaling.md).
         """
         args: dict[str, Any] = {"bucket": name, "handler": handler}
         if durable:
@@ -64,6 +71,12 @@ class Commands:
             args["snapshot_interval"] = snapshot_interval
         if config is not None:
             args["config"] = config
+        if partition_key is not None and partition_function is not None:
+            raise ValueError("give partition_key or partition_function, not both")
+        if partition_key is not None:
+            args["partition"] = {"key": partition_key}
+        elif partition_function is not None:
+            args["partition"] = {"function": partition_function}
         return self._call("create_bucket", args)
 
     def configure_bucket(

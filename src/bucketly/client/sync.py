@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import (
@@ -39,6 +40,7 @@ from .common import (
     client_ssl_context,
 )
 from .core import ClientCore
+from .sharded import ShardedClient
 
 __all__ = ["Client"]
 
@@ -54,7 +56,18 @@ class Client(Commands):
     ``ssl.SSLContext`` for your own CA or a client certificate. Use it as a context manager, or
     call ``close()``. ``send()`` is buffered: call ``flush()`` to know that everything sent so
     far has been acknowledged.
+
+    ``Client(servers=["h1:8484", "h2:8484"], user=..., password=...)`` returns a
+    ``ShardedClient`` instead: the same methods over several servers, each bucket on one of
+    them and a partitioned bucket on all (docs/scaling.md).
     """
+
+    def __new__(cls, *args: Any, servers: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        # ``Client(servers=[...])`` is the client over several servers (sharded.py): the same
+        # commands, each bucket (or partitioned bucket's event) routed to its server.
+        if servers is not None:
+            return ShardedClient(servers, *args, client_class=cls, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -69,6 +82,7 @@ class Client(Commands):
         linger: float = DEFAULT_LINGER,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         timeout: float | None = DEFAULT_TIMEOUT,
+        servers: None = None,
         connect: bool = True,
     ) -> None:
         self.host = host

@@ -17,7 +17,7 @@ from .messages import (
     request_from_wire,
     unpack,
 )
-from .ops import OPS, Arg, Op, check_bucket_name, validate_args
+from .ops import OPS, Arg, Op, check_bucket_name, check_partition, validate_args
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -34,6 +34,7 @@ __all__ = [
     "Request",
     "ServerProtocol",
     "check_bucket_name",
+    "check_partition",
     "decode_server_message",
     "encode_frame",
     "encode_message",

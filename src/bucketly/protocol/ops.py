@@ -29,6 +29,7 @@ __all__ = [
     "Permission",
     "check_bucket_name",
     "check_grant",
+    "check_partition",
     "check_user_name",
     "pattern_covers",
     "validate_args",
@@ -224,6 +225,19 @@ OPS: dict[str, Op] = {
             result="whatever the view returns",
         ),
         Op(
+            "merge",
+            "Merge per-partition results of a partitioned bucket's view (or dump) with the "
+            "merge function its handler defines; reads no bucket state.",
+            (
+                _BUCKET,
+                Arg("view", "str", False, "the view's name (default: the dump's merge)"),
+                Arg("results", "array", doc="one result per partition, in server order"),
+            ),
+            scope="bucket",
+            permission="view",
+            result="the merged result",
+        ),
+        Op(
             "dump",
             "Return the whole state of a bucket, as its handler's dump() gives it.",
             (_BUCKET,),
@@ -244,6 +258,14 @@ OPS: dict[str, Op] = {
                 Arg("durable", "bool", False, "true: the same as persistence `durable`"),
                 Arg("snapshot_interval", "number", False, "seconds between the snapshots of "
                     "a snapshot-level bucket, 1 to 86400 (default 60)"),
+                Arg(
+                    "partition",
+                    "map",
+                    False,
+                    'this bucket is one partition of a partitioned bucket: {"key": <event '
+                    'field>} or {"function": <key function name>}, and "servers" (array of '
+                    '"host:port", the servers it is partitioned over)',
+                ),
             ),
             scope="bucket",
             permission="buckets.create",
@@ -290,7 +312,7 @@ OPS: dict[str, Op] = {
             "list_handlers",
             "List the handlers the server's handlers module defines.",
             scope="authenticated",
-            result='array of maps: {"name", "doc", "views", "jobs"}',
+            result='array of maps: {"name", "doc", "views", "jobs", "merges"}',
         ),
         Op(
             "handlers_module",
@@ -478,6 +500,40 @@ def validate_args(op: Op, args: dict[str, Any]) -> None:
                 f"{op.name}: argument {arg.name!r} must be of type {arg.type}, "
                 f"not {type(value).__name__}"
             )
+
+
+#: Most servers a bucket may be partitioned over: a client keeps a connection to each, and a
+#: merged view asks every one. Past a few dozen, put a PostgreSQL (or Citus) behind fewer
+#: larger servers instead (docs/scaling.md).
+MAX_PARTITION_SERVERS = 256
+#: Longest ``host:port`` of a partition's server, and of a partition key or function name.
+MAX_PARTITION_NAME_LENGTH = 300
+
+
+def check_partition(partition: dict[str, Any]) -> None:
+    """Raise ``BadArgument`` unless ``partition`` is {"key" or "function": str, "servers"?:
+    [str, ...]} (create_bucket's ``partition``)."""
+    keys = set(partition)
+    by = keys & {"key", "function"}
+    if len(by) != 1 or keys - {"key", "function", "servers"}:
+        raise BadArgument(
+            'create_bucket: partition must be {"key": <event field>} or {"function": <name>}, '
+            'with "servers" optionally'
+        )
+    (which,) = by
+    value = partition[which]
+    if type(value) is not str or not 0 < len(value) <= MAX_PARTITION_NAME_LENGTH:
+        raise BadArgument(f"create_bucket: partition {which} must be a non-empty string")
+    servers = partition.get("servers", [])
+    if (
+        type(servers) is not list
+        or len(servers) > MAX_PARTITION_SERVERS
+        or not all(type(s) is str and 0 < len(s) <= MAX_PARTITION_NAME_LENGTH for s in servers)
+    ):
+        raise BadArgument(
+            f"create_bucket: partition servers must be an array of at most "
+            f"{MAX_PARTITION_SERVERS} \"host:port\" strings"
+        )
 
 
 def check_bucket_name(name: str) -> None:

@@ -19,6 +19,7 @@ from ..protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.limits import DEFAULT_MAX_FRAME_OBJECTS
 from . import statsd_defaults as statsd_
 from .admission import DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_RESERVED_CONNECTIONS
+from .shards import DEFAULT_SHARDS, MAX_SHARDS
 from .throttle import AUTH_FREE_FAILURES, AUTH_MAX_DELAY
 
 __all__ = ["DEFAULT_DATABASE", "DEFAULT_PORT", "ENV_PREFIX", "ServerConfig", "options"]
@@ -55,6 +56,13 @@ class ServerConfig:
         "listen on every interface.",
     )
     port: int = _option(DEFAULT_PORT, "TCP port to listen on (0: any free port).")
+    shards: int = _option(
+        DEFAULT_SHARDS,
+        f"Run this many independent servers (1 to {MAX_SHARDS}), one per core: shard i listens "
+        "on --port + i with its own database file DATABASE-i (and metrics on the "
+        "--metrics-address port + i); the server list is printed for clients "
+        "(Client(servers=...), docs/scaling.md). SIGTERM stops them in order.",
+    )
     tls_cert: str | None = _option(
         None,
         "PEM file with the server's TLS certificate (and chain). With --tls-key, clients must "

@@ -176,10 +176,13 @@ class Database:
 
     def _load(self, conn: sqlite3.Connection) -> None:
         self.buckets = {
-            row[0]: BucketRow(row[0], row[1], unpack(row[2]), row[3], row[4], row[5])
+            row[0]: BucketRow(
+                row[0], row[1], unpack(row[2]), row[3], row[4], row[5],
+                None if row[6] is None else unpack(row[6]),
+            )
             for row in conn.execute(
-                "SELECT name, handler, config, persistence, created_at, snapshot_interval "
-                "FROM buckets"
+                "SELECT name, handler, config, persistence, created_at, snapshot_interval, "
+                "partition FROM buckets"
             )
         }
         self.users = {
@@ -282,9 +285,11 @@ class Database:
         def insert(c: sqlite3.Connection) -> None:
             c.execute(
                 "INSERT INTO buckets (name, handler, config, persistence, created_at, "
-                "snapshot_interval) VALUES (?, ?, ?, ?, ?, ?)",
-                (row.name, row.handler, pack(row.config), row.persistence, row.created_at,
-                 row.snapshot_interval),
+                "snapshot_interval, partition) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.name, row.handler, pack(row.config), row.persistence, row.created_at,
+                    row.snapshot_interval, None if row.partition is None else pack(row.partition),
+                ),
             )
             # A new bucket's journal starts empty, whatever a bucket of that name left.
             journal.drop_bucket(c, row.name)

@@ -38,6 +38,11 @@ class BucketRow:
     #: (``buckets.snapshots.DEFAULT_SNAPSHOT_INTERVAL``).
     snapshot_interval: float | None = None
 
+    #: Set when the bucket is one partition of a partitioned bucket (docs/scaling.md): its
+    #: ``key`` (an event field) or ``function`` (a key function's name, known to the clients),
+    #: and the ``servers`` the routing client partitioned it over.
+    partition: dict[str, Any] | None = None
+
     @property
     def durable(self) -> bool:
         return self.persistence == "durable"

@@ -134,4 +134,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE buckets DROP COLUMN durable
         """,
     ),
+    (
+        8,
+        # Partitioned buckets (docs/scaling.md): MessagePack {"key" | "function", "servers"},
+        # or NULL for a bucket that lives on one server only.
+        """
+        ALTER TABLE buckets ADD COLUMN partition BLOB
+        """,
+    ),
 ]

@@ -12,8 +12,9 @@ from typing import Any
 from ...buckets import Bucket
 from ...buckets.records import BucketJournal
 from ...buckets.snapshots import check_interval
-from ...errors import BadArgument, BucketExists, HandlerError, UnknownHandler
-from ...protocol import PROTOCOL_VERSION, check_bucket_name
+from ...errors import BadArgument, BucketExists, HandlerError, NotMergeable, UnknownHandler
+from ...handlers import DUMP_MERGE_KEY
+from ...protocol import PROTOCOL_VERSION, check_bucket_name, check_partition
 from ...store import PERSISTENCE_LEVELS, BucketRow
 from .registry import Session, op
 
@@ -45,7 +46,39 @@ def op_view(conn: Session, args: dict[str, Any]) -> Any:
     view_args = args.get("args") or {}
     if not all(type(key) is str for key in view_args):
         raise BadArgument("view: the keys of 'args' must be strings")
+    if bucket.row.partition is not None and bucket.info is not None:
+        name = args["view"]
+        if name in bucket.info.views and name not in bucket.info.merges:
+            raise NotMergeable(
+                f"bucket {bucket.name!r} is partitioned, and view {bucket.row.handler}.{name} "
+                "declares no merge (@bucketly.view(merge=...)): one partition's answer would "
+                "be wrong; declare how the partitions' results combine"
+            )
     return bucket.view(args["view"], view_args)
+
+
+@op
+def op_merge(conn: Session, args: dict[str, Any]) -> Any:
+    bucket = conn.bucket(args["bucket"])
+    info = bucket.info
+    if info is None:
+        raise UnknownHandler(f"bucket {bucket.name!r} is broken: {bucket.broken}")
+    name = args.get("view", DUMP_MERGE_KEY)
+    merge = info.merges.get(name)
+    what = "the dump" if name == DUMP_MERGE_KEY else f"view {name!r}"
+    if merge is None:
+        raise NotMergeable(f"handler {info.name} declares no merge for {what}")
+    if not callable(merge):
+        raise BadArgument(
+            f"{what} of handler {info.name} merges with the built-in {merge!r}: the client "
+            "merges it (bucketly.merging)"
+        )
+    try:
+        return merge(args["results"])
+    except BaseException as exc:
+        raise HandlerError(
+            f"the merge of {what} of handler {info.name} raised {type(exc).__name__}: {exc}"
+        ) from None
 
 
 @op
@@ -62,7 +95,10 @@ async def op_create_bucket(conn: Session, args: dict[str, Any]) -> Any:
     interval = args.get("snapshot_interval")
     if interval is not None:
         interval = check_interval(interval)
+    partition = args.get("partition")
     check_bucket_name(name)
+    if partition is not None:
+        check_partition(partition)
     info = server.handlers.get(handler_name)
     if info is None:
         raise UnknownHandler(
@@ -71,7 +107,7 @@ async def op_create_bucket(conn: Session, args: dict[str, Any]) -> Any:
         )
     if name in server.buckets or name in server.creating:
         raise BucketExists(f"bucket {name!r} exists already")
-    row = BucketRow(name, handler_name, config, persistence, time.time(), interval)
+    row = BucketRow(name, handler_name, config, persistence, time.time(), interval, partition)
     # Build the handler before storing anything: a config it rejects leaves no trace.
     bucket = Bucket(row, info)
     if bucket.broken:
@@ -98,12 +134,19 @@ async def op_create_bucket(conn: Session, args: dict[str, Any]) -> Any:
 
 @op
 def op_list_buckets(conn: Session, args: dict[str, Any]) -> Any:
-    # Full info (its config may hold credentials) needs `view`; other grants show the name.
+    # Full info (its config may hold credentials) needs `view`; other grants show the name,
+    # and the partitioning that a sender's routing client needs.
     return [
-        bucket.describe() if conn.allowed("view", name) else {"name": name}
+        bucket.describe() if conn.allowed("view", name) else _name_only(bucket)
         for name, bucket in sorted(conn.server.buckets.items())
         if conn.can_see(name)
     ]
+
+
+def _name_only(bucket: Bucket) -> dict[str, Any]:
+    if bucket.row.partition is None:
+        return {"name": bucket.name}
+    return {"name": bucket.name, "partition": bucket.row.partition}
 
 
 @op
