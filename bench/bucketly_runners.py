@@ -142,11 +142,11 @@ def bucketly_run(procs: Processes, workload: str, mode: str = "batched", connect
             if not scrapes[0]:
                 raise RunFailed("/metrics was never scraped during the run")
             result["scrapes"] = scrapes[0]
+        if running.returncode is not None:
+            raise RunFailed(f"bucketlyd exited with {running.returncode} during the run")
         with running.client() as client:
             result["server_stats"] = client.stats()
             result["bucket_info"] = client.bucket_info(BUCKET)
-        if running.returncode is not None:
-            raise RunFailed(f"bucketlyd exited with {running.returncode} during the run")
     return result
 
 

@@ -318,7 +318,9 @@ class Snapshots:
                 row = await self.journal.set_level(bucket, level)
                 bucket.snapshots = None
                 if level == "snapshot" and row is not None:
-                    bucket.snapshots = self._state_for(bucket, row)
+                    self.track(bucket, taken_at=row[6], size=len(row[3]))
+                    assert bucket.snapshots is not None
+                    bucket.snapshots.count = 1
                 return
             if level == "memory":
                 await self.db.set_bucket_persistence(bucket.name, "memory")
@@ -338,15 +340,10 @@ class Snapshots:
         interval = bucket.row.snapshot_interval
         return DEFAULT_SNAPSHOT_INTERVAL if interval is None else interval
 
-    def _state_for(self, bucket: Bucket, row: tuple[Any, ...]) -> BucketSnapshots:
-        return BucketSnapshots(
-            self.interval_of(bucket), taken_at=row[6], marker=_marker(bucket),
-            tried_at=time.monotonic(), size=len(row[3]), count=1,
-        )
-
-    def restored(self, bucket: Bucket, taken_at: float | None, size: int) -> None:
-        """Note a snapshot-level bucket restored at start-up (recovery.py) from a snapshot of
-        ``taken_at`` (None: it had none)."""
+    def track(self, bucket: Bucket, *, taken_at: float | None = None, size: int = 0) -> None:
+        """Start the snapshots of a snapshot-level bucket whose state is that of its snapshot
+        of ``taken_at`` (restored at start-up, or just taken; None: it has none yet), the
+        next one due after its interval."""
         bucket.snapshots = BucketSnapshots(
             self.interval_of(bucket), taken_at=taken_at,
             marker=_marker(bucket) if taken_at is not None else None,

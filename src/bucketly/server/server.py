@@ -310,7 +310,7 @@ class Server:
                 loss, taken_at, size = await recovery.recover_snapshot_level(
                     self.db, bucket, accept_loss=config.accept_data_loss
                 )
-                self.snapshots.restored(bucket, taken_at, size)
+                self.snapshots.track(bucket, taken_at=taken_at, size=size)
             else:
                 loss = await recovery.recover(
                     self.db, bucket, accept_loss=config.accept_data_loss

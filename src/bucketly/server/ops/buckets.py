@@ -120,7 +120,7 @@ async def op_create_bucket(conn: Session, args: dict[str, Any]) -> Any:
     if persistence == "durable":
         bucket.journal = BucketJournal()
     elif persistence == "snapshot":
-        server.snapshots.restored(bucket, None, 0)
+        server.snapshots.track(bucket)
     server.add_bucket(bucket)
     server.log.info(
         "user %r created bucket %r (handler %s, %s)",
